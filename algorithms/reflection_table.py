@@ -75,8 +75,10 @@ class ReflectionTable:
             raise KeyError(f"reflection table has no column '{name}' (columns: {', '.join(sorted(self._columns))})") from None
 
     def __setitem__(self, name: str, values) -> None:
-        values = np.asarray(values)
-        if values.ndim == 0:
+        # Ragged columns (e.g. shoeboxes) are objects with __len__, select() and concat().
+        if not (hasattr(values, "select") and hasattr(values, "__len__")):
+            values = np.asarray(values)
+        if isinstance(values, np.ndarray) and values.ndim == 0:
             values = np.full(len(self), values)
         if self._columns and len(values) != len(self):
             raise ValueError(f"column '{name}' has {len(values)} rows, table has {len(self)}")
@@ -107,12 +109,12 @@ class ReflectionTable:
         selection = np.asarray(selection)
         out = ReflectionTable(experiment_identifiers=self.experiment_identifiers)
         for name, values in self._columns.items():
-            out._columns[name] = values[selection]
+            out._columns[name] = values.select(selection) if hasattr(values, "select") else values[selection]
         return out
 
     def copy(self) -> "ReflectionTable":
         out = ReflectionTable(experiment_identifiers=self.experiment_identifiers)
-        out._columns = {k: v.copy() for k, v in self._columns.items()}
+        out._columns = {k: v.copy() for k, v in self._columns.items()}  # ragged columns provide copy()
         return out
 
     @classmethod
@@ -128,7 +130,11 @@ class ReflectionTable:
                 if ids.get(k, v) != v:
                     raise ValueError(f"experiment id {k} maps to two identifiers ({ids[k]}, {v}); renumber before joining")
                 ids[k] = v
-        return cls({k: np.concatenate([t[k] for t in tables]) for k in common}, ids)
+        def join(columns):
+            first = columns[0]
+            return type(first).concat(columns) if hasattr(first, "select") else np.concatenate(columns)
+
+        return cls({k: join([t[k] for t in tables]) for k in common}, ids)
 
     @classmethod
     def empty_like(cls, other: "ReflectionTable") -> "ReflectionTable":

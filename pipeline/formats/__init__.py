@@ -1,0 +1,1 @@
+"""File formats: DIALS experiment (.expt) and reflection (.refl) files, images, MTZ."""
