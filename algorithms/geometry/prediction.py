@@ -149,3 +149,80 @@ def reciprocal_lattice_points(
     F_inv = np.linalg.inv(goniometer.fixed_rotation)
     back = rotation_matrix(goniometer.rotation_axis, -phi)
     return np.einsum("ij,njk,kl,nl->ni", F_inv, back, S_inv, s1 - s0)
+
+
+def predict_rotation_scan_varying(
+    hkl: np.ndarray,
+    A_at_scan_points: np.ndarray,
+    beam: Beam,
+    detector: Detector,
+    goniometer: Goniometer,
+    scan: Scan,
+    require_on_panel: bool = True,
+) -> Predictions:
+    """Predict with a crystal model sampled at the scan's image boundaries (DIALS' scan-varying
+    predictor): within frame j the lab vector moves linearly from r₁ = R(φ_j)A_j·h to
+    r₂ = R(φ_{j+1})A_{j+1}·h and the crossing solves |s0 + r₁ + α(r₂ − r₁)|² = |s0|² for α ∈ [0, 1].
+    """
+    hkl = np.atleast_2d(np.asarray(hkl)).astype(int)
+    A_sp = np.asarray(A_at_scan_points, float).reshape(-1, 3, 3)
+    n_img = scan.num_images
+    if len(A_sp) != n_img + 1:
+        raise ValueError(f"need {n_img + 1} scan points for {n_img} images, got {len(A_sp)}")
+    s0 = beam.s0
+    s0_sq = s0 @ s0
+    first = scan.image_range[0]
+    phis = np.radians(scan.angle_from_image_index(np.arange(first, first + n_img + 1)))
+    R = goniometer.rotation_matrix(phis) @ A_sp  # lab setting matrix at each boundary
+    rows_out, alpha_out, frame_out, s1_out, entering_out = [], [], [], [], []
+    r_prev = hkl @ R[0].T
+    f_prev = np.sum((s0 + r_prev) ** 2, axis=1) - s0_sq
+    for j in range(n_img):
+        r_next = hkl @ R[j + 1].T
+        f_next = np.sum((s0 + r_next) ** 2, axis=1) - s0_sq
+        cross = np.nonzero(np.sign(f_prev) != np.sign(f_next))[0]
+        if len(cross):
+            r1, dr = r_prev[cross], r_next[cross] - r_prev[cross]
+            # |s0 + r1 + α dr|² − |s0|² = a α² + b α + c
+            a = np.sum(dr * dr, axis=1)
+            b = 2.0 * np.sum((s0 + r1) * dr, axis=1)
+            c = f_prev[cross]
+            disc = np.sqrt(np.maximum(b * b - 4 * a * c, 0.0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                roots = np.stack([(-b - disc) / (2 * a), (-b + disc) / (2 * a)], axis=1)
+            ok = (roots >= 0) & (roots <= 1)
+            alpha = np.where(ok[:, 0], roots[:, 0], roots[:, 1])
+            good = ok.any(axis=1)
+            rows_out.append(cross[good])
+            alpha_out.append(alpha[good])
+            frame_out.append(np.full(good.sum(), j))
+            s1_out.append(s0 + r1[good] + alpha[good, None] * dr[good])
+            entering_out.append(f_prev[cross][good] > 0)  # starts outside the sphere
+        r_prev, f_prev = r_next, f_next
+    if rows_out:
+        rows, alpha, frame = np.concatenate(rows_out), np.concatenate(alpha_out), np.concatenate(frame_out)
+        s1, entering = np.concatenate(s1_out), np.concatenate(entering_out)
+    else:
+        rows, alpha, frame = np.zeros(0, int), np.zeros(0), np.zeros(0, int)
+        s1, entering = np.zeros((0, 3)), np.zeros(0, bool)
+    z = scan.array_range[0] + frame + alpha
+    phi = np.radians(scan.angle_from_array_index(z))
+    xy_mm, front = detector.ray_intersection_mm(s1)
+    xy_px = detector.mm_to_pixel(xy_mm)
+    keep = front
+    if require_on_panel:
+        nf, ns = detector.image_size
+        with np.errstate(invalid="ignore"):
+            keep = keep & (xy_px[:, 0] >= 0) & (xy_px[:, 0] < nf) & (xy_px[:, 1] >= 0) & (xy_px[:, 1] < ns)
+    order = np.lexsort((phi[keep], rows[keep]))
+    sel = np.nonzero(keep)[0][order]
+    return Predictions(
+        miller_index=hkl[rows[sel]],
+        phi_rad=phi[sel],
+        s1=s1[sel],
+        entering=entering[sel],
+        xy_mm=xy_mm[sel],
+        xy_px=xy_px[sel],
+        z_px=z[sel],
+        source_row=rows[sel],
+    )
