@@ -1,0 +1,277 @@
+"""Image headers, format models, data-set checks and the lazy image stack (pipeline.images)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import images
+from pipeline.errors import InputFileError
+from pipeline.images import (
+    expand_image_paths,
+    import_experiments,
+    open_image_stack,
+    read_image,
+    read_image_file,
+    read_image_header,
+)
+
+TIMEPIX_EXAMPLE = "image_examples/TIMEPIX_SU_516-stdgoni_0001.img"
+
+
+def timepix_header(**changes) -> dict:
+    """A TIMEPIX_SU header like Instamatic writes (keys in the same order)."""
+    header = {
+        "HEADER_BYTES": "512", "DIM": "2", "BYTE_ORDER": "little_endian", "TYPE": "unsigned_short",
+        "SIZE1": "516", "SIZE2": "516", "PIXEL_SIZE": "0.055", "BIN": "1x1", "BEAMLINE": "TimePix_SU",
+        "DETECTOR_SN": "901", "DATE": "Tue Jun 26 09:43:09 2007", "TIME": "2.0", "DISTANCE": "2.193",
+        "TWOTHETA": "0.0", "PHI": "-56.73", "OSC_START": "-56.73", "OSC_RANGE": "0.9149",
+        "WAVELENGTH": "0.0251", "BEAM_CENTER_X": "228.875", "BEAM_CENTER_Y": "235.78",
+    }
+    header.update({k: str(v) for k, v in changes.items() if v is not None})
+    for key in [k for k, v in changes.items() if v is None]:
+        del header[key]
+    return header
+
+
+def write_smv(path: Path, data: np.ndarray | None, header: dict, shape: tuple[int, int] | None = None) -> Path:
+    """Write an SMV file; with ``data=None`` the pixel block is a sparse run of zeros of ``shape``
+    (fast to write, same size on disk as a real file)."""
+    text = "{\n" + "".join(f"{k}={v};\n" for k, v in header.items()) + "}\n"
+    block = text.encode().ljust(int(header["HEADER_BYTES"]), b" ")
+    with open(path, "wb") as handle:
+        handle.write(block)
+        if data is not None:
+            handle.write(np.ascontiguousarray(data, dtype="<u2").tobytes())
+        else:
+            handle.truncate(len(block) + shape[0] * shape[1] * 2)
+    return path
+
+
+def write_sweep(folder: Path, n_images: int, start_deg=-56.73, width_deg=0.9149, seed=0, **header_changes) -> list[Path]:
+    """n Timepix images 00001.img … with random counts; image k starts at start + (k−1)·width."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(1, n_images + 1):
+        header = timepix_header(OSC_START=f"{start_deg + (k - 1) * width_deg:.4f}", OSC_RANGE=width_deg, **header_changes)
+        n_fast, n_slow = int(header["SIZE1"]), int(header["SIZE2"])
+        data = rng.poisson(3.0, size=(n_slow, n_fast)).astype(np.uint16)
+        paths.append(write_smv(folder / f"{k:05d}.img", data, header))
+    return paths
+
+
+# ------------------------------------------------------------------------------ the real header
+
+
+def test_real_timepix_image_models(shared_data):
+    path = shared_data / TIMEPIX_EXAMPLE
+    header = read_image_header(path)
+    assert header.format_class == "FormatSMVTimePix_SU_516x516"
+    (experiment,) = import_experiments([path])
+    detector, beam, scan = experiment.detector, experiment.beam, experiment.scan
+    assert detector.image_size == (516, 516)
+    assert detector.pixel_size == (0.055, 0.055)
+    assert detector.distance_mm == pytest.approx(531.85, abs=1e-9)
+    np.testing.assert_allclose(detector.beam_centre_px(beam.s0), (246.14, 240.35), atol=1e-9)
+    np.testing.assert_allclose(detector.origin, (-246.14 * 0.055, 240.35 * 0.055, -531.85), atol=1e-12)
+    np.testing.assert_allclose(detector.fast_axis, (1, 0, 0))
+    np.testing.assert_allclose(detector.slow_axis, (0, -1, 0))
+    assert detector.trusted_range == (-1.0, 65535.0)
+    assert (detector.type, detector.thickness, detector.material, detector.mu, detector.gain) == ("SENSOR_PAD", 0.3, "Si", 0.0, 1.0)
+    assert detector.mask == []
+    assert beam.wavelength == pytest.approx(0.0251)
+    np.testing.assert_allclose(beam.direction, (0, 0, 1))
+    assert beam.polarization_fraction == 0.5
+    axis = np.array([0.7826, -0.6226, 0.0])
+    np.testing.assert_allclose(experiment.goniometer.rotation_axis, axis / np.linalg.norm(axis), atol=1e-12)
+    assert scan.image_range == (1, 1)
+    np.testing.assert_allclose(scan.oscillation, (-65.40, 0.23))
+    np.testing.assert_allclose(scan.exposure_times, [0.096288])
+    assert scan.epochs[0] == 1182850989.0  # 'Tue Jun 26 09:43:09 2007' UTC
+
+
+def test_fabio_pixels_equal_plain_numpy_read(shared_data):
+    path = shared_data / TIMEPIX_EXAMPLE
+    raw = np.frombuffer(path.read_bytes(), "<u2", offset=512).reshape(516, 516)
+    pixels = read_image_file(path)
+    assert pixels.dtype == np.uint16
+    np.testing.assert_array_equal(pixels, raw)
+    assert pixels.max() == 11810  # a real image, not zeros
+
+
+def test_cbf_without_geometry_header_is_read_but_not_imported(shared_data):
+    path = shared_data / "ed_lysozyme_cred/experiment_14/SMV/XCORR.cbf"
+    table = read_image_file(path)
+    assert table.shape == (516, 516)
+    np.testing.assert_array_equal(table[0, :5], [224, 223, 222, 221, 220])
+    with pytest.raises(InputFileError, match="XCORR.cbf: CBF without a miniCBF"):
+        read_image_header(path)
+
+
+# -------------------------------------------------------------------------- synthetic headers
+
+
+def test_timepix_beam_centre_and_cross_mask(tmp_path):
+    write_sweep(tmp_path, 2)
+    (plain,) = import_experiments([tmp_path])
+    np.testing.assert_allclose(plain.detector.beam_centre_px(plain.beam.s0), (228.875, 235.78), atol=1e-9)
+    np.testing.assert_allclose(plain.detector.origin, (-12.588125, 12.9679, -2.193), atol=1e-9)
+    (masked,) = import_experiments([tmp_path], mask_timepix_cross=True)
+    assert masked.detector.mask == [[0, 516, 255, 261], [255, 261, 0, 516]]
+
+
+def test_adsc_beam_centre_is_mosflm_mm(tmp_path):
+    header = timepix_header(BEAMLINE="ALS831", BEAM_CENTER_X="10.5", BEAM_CENTER_Y="20.25", DISTANCE="150",
+                            SIZE1="64", SIZE2="48", PIXEL_SIZE="0.1", OSC_RANGE="-0.5")
+    path = write_smv(tmp_path / "x_001.img", np.zeros((48, 64)), header)
+    assert read_image_header(path).format_class == "FormatSMVADSC"
+    (experiment,) = import_experiments([path])
+    detector = experiment.detector
+    # Mosflm frame: BEAM_CENTER_X runs along slow, BEAM_CENTER_Y along fast
+    np.testing.assert_allclose(detector.beam_centre_mm(experiment.beam.s0), (20.25, 10.5), atol=1e-12)
+    assert detector.image_size == (64, 48)
+    assert detector.distance_mm == pytest.approx(150.0)
+    np.testing.assert_allclose(experiment.goniometer.rotation_axis, (-1, 0, 0))  # negative OSC_RANGE
+    assert experiment.scan.oscillation == (-56.73, 0.5)
+
+
+def test_template_glob_folder_and_list_agree_and_sort_numerically(tmp_path):
+    paths = write_sweep(tmp_path, 12)
+    shuffled = [paths[i] for i in (11, 3, 0, 7, 1, 2, 4, 5, 6, 8, 9, 10)]
+    ways = [[tmp_path], [str(tmp_path / "*.img")], [str(tmp_path / "#####.img")], shuffled]
+    results = [import_experiments(w)[0] for w in ways]
+    for experiment in results:
+        assert experiment.scan.image_range == (1, 12)
+        assert experiment.imageset["template"] == str(tmp_path / "#####.img")
+        assert experiment.scan.oscillation == pytest.approx((-56.73, 0.9149))
+    assert images.image_paths(results[3]) == sorted(paths)
+    (part,) = import_experiments([tmp_path], image_range=(3, 7))
+    assert part.scan.image_range == (3, 7)
+    assert part.scan.oscillation[0] == pytest.approx(-56.73 + 2 * 0.9149)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_truncated_image(tmp_path):
+    paths = write_sweep(tmp_path, 3)
+    paths[1].write_bytes(paths[1].read_bytes()[:-100])
+    with pytest.raises(InputFileError, match=r"00002\.img: truncated image file \(532924 bytes, the header needs 533024\)"):
+        import_experiments([tmp_path])
+
+
+def test_missing_header_key(tmp_path):
+    write_sweep(tmp_path, 2)
+    write_smv(tmp_path / "00003.img", np.zeros((516, 516)), timepix_header(OSC_START="-54.9002", WAVELENGTH=None))
+    with pytest.raises(InputFileError, match=r"00003\.img: the TIMEPIX_SU SMV header has no WAVELENGTH"):
+        import_experiments([tmp_path])
+
+
+def test_images_of_different_sizes(tmp_path):
+    write_sweep(tmp_path, 2)
+    write_smv(tmp_path / "00003.img", None, timepix_header(OSC_START="-54.9002", SIZE1="512", SIZE2="512"), shape=(512, 512))
+    with pytest.raises(InputFileError, match=r"00003\.img: image of 512×512 pixels but 00001\.img has 516×516"):
+        import_experiments([tmp_path])
+
+
+def test_gap_in_numbering(tmp_path):
+    paths = write_sweep(tmp_path, 14)
+    paths[12].unlink()
+    with pytest.raises(InputFileError) as err:
+        import_experiments([tmp_path])
+    assert str(err.value) == (
+        "images 00012.img to 00014.img: 00013.img is missing; give image_range= to import a contiguous part"
+    )
+    (experiment,) = import_experiments([tmp_path], image_range=(1, 12))
+    assert experiment.scan.image_range == (1, 12)
+
+
+def test_broken_rotation(tmp_path):
+    paths = write_sweep(tmp_path, 4)
+    write_smv(paths[2], np.zeros((516, 516)), timepix_header(OSC_START="-50.0"))
+    with pytest.raises(InputFileError, match=r"00003\.img: starts at -50\.0° but 00002\.img ends at -54\.9002°"):
+        import_experiments([tmp_path])
+
+
+def test_nonexistent_and_empty_folders(tmp_path):
+    with pytest.raises(InputFileError, match="nowhere: no such file or folder"):
+        import_experiments([tmp_path / "nowhere"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(InputFileError, match="empty: no image files found there"):
+        expand_image_paths([tmp_path / "empty"])
+    with pytest.raises(InputFileError, match="not an SMV or CBF image"):
+        read_image_header(tmp_path / "empty" / "notes.txt")
+
+
+# --------------------------------------------------------------------------------- image stack
+
+
+@pytest.fixture
+def count_pixel_reads(monkeypatch):
+    calls = []
+    real = images.read_image_file
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(images, "read_image_file", counting)
+    return calls
+
+
+def test_lazy_stack_reads_no_pixels_and_chunks_whole_images(tmp_path, count_pixel_reads):
+    paths = write_sweep(tmp_path, 20)
+    (experiment,) = import_experiments([tmp_path])
+    stack = open_image_stack(experiment, chunk_images=8)
+    assert count_pixel_reads == []
+    assert stack.dims == ("image", "slow", "fast")
+    assert stack.shape == (20, 516, 516) and stack.dtype == np.float32
+    assert stack.data.chunks == ((8, 8, 4), (516,), (516,))
+    graph = dict(stack.data.__dask_graph__())
+    assert len(graph) == 3  # one task per chunk of images, none per image
+    np.testing.assert_array_equal(stack["image"], np.arange(1, 21))
+    np.testing.assert_allclose(stack["phi_deg"], -56.73 + np.arange(20) * 0.9149)
+    middle = stack.sel(image=slice(9, 16)).values  # exactly the second chunk
+    assert sorted(count_pixel_reads) == [p.name for p in paths[8:16]]
+    for k, image in zip(range(9, 17), middle):
+        np.testing.assert_array_equal(image, np.frombuffer(paths[k - 1].read_bytes(), "<u2", offset=512).reshape(516, 516))
+    np.testing.assert_array_equal(read_image(experiment, 19), stack.values[19])
+
+
+def test_zarr_cache_round_trip(tmp_path, count_pixel_reads):
+    write_sweep(tmp_path / "images", 10, seed=3)
+    (experiment,) = import_experiments([tmp_path / "images"])
+    direct = open_image_stack(experiment, chunk_images=4).values
+    count_pixel_reads.clear()
+    cached = open_image_stack(experiment, chunk_images=4, cache=str(tmp_path / "cache"))
+    store = images.default_cache_path(experiment, tmp_path / "cache")
+    assert store.is_dir() and len(count_pixel_reads) == 10  # written once
+    np.testing.assert_array_equal(cached.values, direct)
+    count_pixel_reads.clear()
+    again = open_image_stack(experiment, chunk_images=4, cache=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(again.values, direct)
+    np.testing.assert_array_equal(again["phi_deg"], cached["phi_deg"])
+    assert count_pixel_reads == []  # read from the store afterwards
+    stored_bytes = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    assert stored_bytes < 0.6 * direct.size * 2  # compressed (Poisson(3) counts)
+
+
+def test_opening_1296_images_reads_headers_only(tmp_path, count_pixel_reads):
+    """The reference job's size (18 × 72 images) in one folder; pixel blocks are sparse."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for k in range(1, 1297):
+        header = timepix_header(OSC_START=f"{-56.73 + (k - 1) * 0.9149:.4f}")
+        write_smv(folder / f"{k:05d}.img", None, header, shape=(516, 516))
+    t0 = time.perf_counter()
+    (experiment,) = import_experiments([folder])
+    stack = open_image_stack(experiment, chunk_images=16)
+    elapsed = time.perf_counter() - t0
+    print(f"\nimport + open of 1296 images: {elapsed:.3f} s")
+    assert count_pixel_reads == []
+    assert stack.shape == (1296, 516, 516)
+    assert len(stack.data.__dask_graph__()) == 81
