@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def cluster_client(
     jobqueue_config: str | None = None,
     dashboard_address: str = "127.0.0.1:0",
     processes: bool = True,
+    log_directory: str | None = None,
 ) -> Iterator[Client]:
     """A client for one run, closed (and its cluster shut down) on exit."""
     if scheduler:
@@ -74,7 +76,9 @@ def cluster_client(
         raise ParameterError(f"cluster={cluster} needs dask-jobqueue: pip install 'ewald[cluster]'") from None
     _load_jobqueue_config(jobqueue_config)
     cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[cluster])
-    with cls(scheduler_options={"dashboard_address": dashboard_address}) as batch:
+    # batch job logs go to their own folder, never into the user's working directory
+    log_directory = log_directory or tempfile.mkdtemp(prefix=f"ewald-{cluster}-jobs-")
+    with cls(scheduler_options={"dashboard_address": dashboard_address}, log_directory=log_directory) as batch:
         batch.scale(jobs=jobs)
         with Client(batch) as client:
             client.wait_for_workers(1, timeout=300)
