@@ -10,7 +10,8 @@ without a trailing underscore (``import_`` → ``ewald import``). Such a module 
 
 The command list is read from the modules' source without importing them, and only the module
 of the command being run is imported, so that ``ewald`` starts quickly. Each run logs to stdout
-and to ``<command>.log`` (DIALS: ``dials.<command>.log``). Exit status: 0 success, 1 unexpected
+and to ``<command>.log`` (DIALS: ``dials.<command>.log``), or to the step's ``output.log``
+parameter if it declares one. Exit status: 0 success, 1 unexpected
 error (a bug: traceback), 2 user error (one line on stderr, no traceback), 130 interrupted.
 """
 from __future__ import annotations
@@ -198,7 +199,8 @@ def _execute(command: Command, module: ModuleType, params: Any, files: list[str]
              verbose: bool) -> int:
     """Run the step's ``cli`` with logging to stdout and ``<command>.log``."""
     prog = f"ewald {command.name}"
-    log_path = Path(f"{command.name}.log")
+    # DIALS programs name their log with an output.log parameter; steps may declare one too.
+    log_path = Path(getattr(getattr(params, "output", None), "log", None) or f"{command.name}.log")
     try:
         with run_logging(log_path, verbose=verbose) as log:
             log_run_header(log, ["ewald", command.name, *args], params)

@@ -69,8 +69,9 @@ _HELP_WIDTH = 96
 # Text files larger than this are never data for a step's parameters; don't read them to sniff.
 _MAX_PHIL_BYTES = 1 << 20
 _SNIFF_BYTES = 4096
-_LEADING_COMMENTS = re.compile(r"(?:\s+|#[^\n]*)*")
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|#[^\n]*)*")
 _VALUE_END = re.compile(r"[\r\n;}#]")
+_AFTER_QUOTED_VALUE = re.compile(r"[ \t]*(?:[\r\n;}#]|$)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,12 +438,11 @@ def _parse_phil(text: str, source: str, block_ids: typing.Iterator[int]) -> list
                 pos += 1
             quoted = pos < n and text[pos] in "\"'"
             if quoted:
-                end = text.find(text[pos], pos + 1)
-                if end < 0:
+                closing = text.find(text[pos], pos + 1)
+                if closing < 0:
                     fail(f"{'.'.join(names)}: the quoted value has no closing {text[pos]}")
-                value, pos = text[pos + 1:end], end + 1
-                rest = re.match(r"[ \t]*(?:[\r\n;}#]|$)", text[pos:])
-                if not rest:
+                value, pos = text[pos + 1:closing], closing + 1
+                if not _AFTER_QUOTED_VALUE.match(text, pos):
                     fail(f"{'.'.join(names)}: unexpected text after the quoted value")
             else:
                 end = _VALUE_END.search(text, pos)
@@ -470,7 +470,7 @@ def _phil_file_assignments(path: Path, block_ids: typing.Iterator[int]) -> list[
             head = handle.read(_SNIFF_BYTES)
             # Images, JSON and msgpack files start with a brace or binary bytes: reject them unread.
             head_text = head.decode("utf-8", errors="replace")
-            if b"\0" in head or not _NAME.match(head_text, _LEADING_COMMENTS.match(head_text).end()):
+            if b"\0" in head or not _NAME.match(_LEADING_COMMENTS.sub("", head_text)):
                 return None
             text = (head + handle.read()).decode("utf-8")
     except (OSError, UnicodeDecodeError):

@@ -54,15 +54,21 @@ def cli(params: Params, files: list[str]) -> None:
 
 IMPORT = '''
 from dataclasses import dataclass
-from pipeline.params import param
+from pipeline.params import param, scope
 
 NAME = "import"
 HELP = "Import things (a fake step)."
 
 
 @dataclass
+class Output:
+    log: str = param("import.log", "The log file.")
+
+
+@dataclass
 class Params:
     distance: float = param(100.0, "Detector distance (mm).")
+    output: Output = scope(Output, "Output files.")
 
 
 def cli(params, files):
@@ -195,6 +201,8 @@ def test_module_with_trailing_underscore_is_the_command_without_it(ewald) -> Non
     assert ewald("import", "distance=1762")[0] == 0
     assert Path("imported.json").read_text() == "1762.0"
     assert Path("import.log").is_file()
+    assert ewald("import", "output.log=my_import.log")[0] == 0
+    assert "output.log=my_import.log" in Path("my_import.log").read_text()
 
 
 def test_unknown_command_suggests_close_ones(ewald) -> None:

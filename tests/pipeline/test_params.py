@@ -114,6 +114,8 @@ class Params:
     nproc: int = param(1, "Number of processes.", expert_level=1)
     anomalous: bool = param(False, "Keep Friedel mates apart.")
     mode: str = param("image_group", "ΔCC½ mode.", choices=("dataset", "image_group"))
+    corrections: list[str] = param(["scale"], "Corrections to model.", choices=("scale", "decay", "absorption"))
+    wavelength: object = param(None, "Wavelength override (Å).", type=float | None)
 
 
 def parse(*args: str) -> Params:
@@ -224,6 +226,15 @@ def test_choices_case_insensitive_and_in_dials_star_notation() -> None:
         .refinement.parameterisation.detector.fix == ["position", "orientation"]
     assert parse("detector.fix=position,distance").refinement.parameterisation.detector.fix == ["position", "distance"]
     assert parse("detector.fix=distance", "detector.fix=None").refinement.parameterisation.detector.fix == []
+
+
+def test_choices_and_type_given_to_param_replace_the_annotation() -> None:
+    params = parse("corrections=decay,scale", "wavelength=0.0251")
+    assert params.corrections == ["decay", "scale"] and params.wavelength == 0.0251
+    with pytest.raises(ParameterError, match="any of scale, decay, absorption"):
+        parse("corrections=lorentz")
+    with pytest.raises(ParameterError, match="a number or None"):
+        parse("wavelength=short")
 
 
 def test_values_with_spaces_and_equals_signs() -> None:
@@ -343,6 +354,8 @@ def changed_params() -> Params:
     params.method = "real_space_grid_search"
     params.nproc = 4
     params.mode = "dataset"
+    params.corrections = []
+    params.wavelength = 0.0251
     return params
 
 
