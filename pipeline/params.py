@@ -57,6 +57,9 @@ __all__ = [
     "format_parameters",
     "parameters_to_dict",
     "parameters_from_dict",
+    "parse_value",
+    "format_value",
+    "describe_type",
 ]
 
 P = TypeVar("P")
