@@ -245,3 +245,36 @@ def test_opening_1296_images_reads_headers_only(tmp_path, count_pixel_reads):
     assert count_pixel_reads == []
     assert stack.shape == (1296, 516, 516)
     assert len(stack.data.__dask_graph__()) == 81
+
+
+def test_minicbf_models_and_pixels(tmp_path):
+    from fabio.cbfimage import CbfImage
+
+    data = (np.arange(20 * 30).reshape(20, 30) % 7).astype(np.int32)
+    for k in (1, 2):
+        image = CbfImage(data=data)
+        image.header["_array_data.header_convention"] = "PILATUS_1.2"
+        image.header["_array_data.header_contents"] = "\n".join([
+            "# Pixel_size 172e-6 m x 172e-6 m", "# Silicon sensor, thickness 0.000320 m", "# Exposure_time 0.0990000 s",
+            "# Count_cutoff 1048500 counts", "# Wavelength 0.97950 A", "# Detector_distance 0.30000 m",
+            "# Beam_xy (12.50, 8.25) pixels", f"# Start_angle {10 + (k - 1) * 0.1:.4f} deg.", "# Angle_increment 0.1000 deg."])
+        image.write(str(tmp_path / f"t_{k:04d}.cbf"))
+    assert read_image_header(tmp_path / "t_0001.cbf").format_class == "FormatCBFMiniPilatus"
+    (experiment,) = import_experiments([tmp_path / "t_####.cbf"])
+    detector = experiment.detector
+    assert detector.image_size == (30, 20) and detector.pixel_size == pytest.approx((0.172, 0.172))
+    assert detector.distance_mm == pytest.approx(300.0)
+    np.testing.assert_allclose(detector.beam_centre_px(experiment.beam.s0), (12.5, 8.25), atol=1e-9)
+    assert detector.trusted_range == (-1.0, 1048500.0) and detector.thickness == pytest.approx(0.32)
+    assert experiment.beam.wavelength == pytest.approx(0.9795)
+    assert experiment.scan.image_range == (1, 2)
+    np.testing.assert_allclose(experiment.scan.oscillation, (10.0, 0.1))
+    stack = open_image_stack(experiment, chunk_images=2, dtype="int32")
+    np.testing.assert_array_equal(stack.values, [data, data])
+
+
+def test_timepix_512_is_recognised_but_refused(tmp_path):
+    path = write_smv(tmp_path / "00001.img", None, timepix_header(SIZE1="512", SIZE2="512"), shape=(512, 512))
+    assert read_image_header(path).format_class == "FormatSMVTimePix_SU_512x512"
+    with pytest.raises(InputFileError, match="00001.img: FormatSMVTimePix_SU_512x512 images are four panels"):
+        import_experiments([path])
