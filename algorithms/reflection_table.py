@@ -58,6 +58,9 @@ class ReflectionTable:
     def __init__(self, columns: Mapping[str, np.ndarray] | None = None, experiment_identifiers: Mapping[int, str] | None = None):
         self._columns: dict[str, np.ndarray] = {}
         self.experiment_identifiers: dict[int, str] = dict(experiment_identifiers or {})
+        # DIALS type name of columns read from a .refl file ("int", "vec3<double>", ...), so that
+        # pipeline.formats.refl writes them back as they were; others are inferred on writing.
+        self.column_types: dict[str, str] = {}
         for name, values in (columns or {}).items():
             self[name] = values
 
@@ -86,6 +89,7 @@ class ReflectionTable:
 
     def __delitem__(self, name: str) -> None:
         del self._columns[name]
+        self.column_types.pop(name, None)
 
     def keys(self) -> list[str]:
         return list(self._columns)
@@ -108,12 +112,14 @@ class ReflectionTable:
         """Rows by boolean mask or integer indices (a new table sharing no arrays)."""
         selection = np.asarray(selection)
         out = ReflectionTable(experiment_identifiers=self.experiment_identifiers)
+        out.column_types = dict(self.column_types)
         for name, values in self._columns.items():
             out._columns[name] = values.select(selection) if hasattr(values, "select") else values[selection]
         return out
 
     def copy(self) -> "ReflectionTable":
         out = ReflectionTable(experiment_identifiers=self.experiment_identifiers)
+        out.column_types = dict(self.column_types)
         out._columns = {k: v.copy() for k, v in self._columns.items()}  # ragged columns provide copy()
         return out
 
@@ -134,7 +140,9 @@ class ReflectionTable:
             first = columns[0]
             return type(first).concat(columns) if hasattr(first, "select") else np.concatenate(columns)
 
-        return cls({k: join([t[k] for t in tables]) for k in common}, ids)
+        out = cls({k: join([t[k] for t in tables]) for k in common}, ids)
+        out.column_types = {k: v for k, v in tables[0].column_types.items() if k in common}
+        return out
 
     @classmethod
     def empty_like(cls, other: "ReflectionTable") -> "ReflectionTable":

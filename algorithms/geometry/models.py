@@ -68,6 +68,10 @@ class Beam:
     flux: float = 0.0
     transmission: float = 1.0
     probe: str | None = None  # "electron", "x-ray", "neutron"; None as in DIALS 3.5
+    # The model's JSON mapping as read from an .expt file (empty for models built in memory):
+    # pipeline.formats.expt writes back the keys the model does not interpret, and the exact
+    # numbers of fields the model has left unchanged.
+    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.direction = _unit(self.direction)
@@ -114,6 +118,10 @@ class Detector:
     identifier: str = ""
     raw_image_offset: tuple[int, int] = (0, 0)
     mask: list = field(default_factory=list)  # rectangles [x0, x1, y0, y1] (px, half-open)
+    # The model's JSON mapping as read from an .expt file (empty for models built in memory):
+    # pipeline.formats.expt writes back the keys the model does not interpret, and the exact
+    # numbers of fields the model has left unchanged.
+    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.origin = _vec(self.origin)
@@ -248,6 +256,10 @@ class Goniometer:
     fixed_rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
     setting_rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
     setting_rotation_at_scan_points: np.ndarray | None = None
+    # The model's JSON mapping as read from an .expt file (empty for models built in memory):
+    # pipeline.formats.expt writes back the keys the model does not interpret, and the exact
+    # numbers of fields the model has left unchanged.
+    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.rotation_axis = _unit(self.rotation_axis)
@@ -284,6 +296,10 @@ class Scan:
     epochs: np.ndarray | None = None
     batch_offset: int = 0
     valid_image_ranges: dict = field(default_factory=dict)  # {identifier: [[first, last], ...]}
+    # The model's JSON mapping as read from an .expt file (empty for models built in memory):
+    # pipeline.formats.expt writes back the keys the model does not interpret, and the exact
+    # numbers of fields the model has left unchanged.
+    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.image_range = (int(self.image_range[0]), int(self.image_range[1]))
@@ -364,6 +380,10 @@ class Crystal:
     A_at_scan_points: np.ndarray | None = None
     B_covariance: np.ndarray | None = None
     mosaicity: float | None = None
+    # The model's JSON mapping as read from an .expt file (empty for models built in memory):
+    # pipeline.formats.expt writes back the keys the model does not interpret, and the exact
+    # numbers of fields the model has left unchanged.
+    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.A = np.asarray(self.A, dtype=float).reshape(3, 3)
