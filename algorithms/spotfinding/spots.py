@@ -1,0 +1,155 @@
+"""From labelled strong pixels to DIALS' strong-spot table, with DIALS' filters, and the static
+pixel mask a scan is thresholded with (algorithms.md §3.1, §3.3–3.5).
+
+Order of operations as in ``dials.find_spots``: extract components → size filter
+(min_spot_size ≤ n ≤ max_spot_size) → centroids and intensities → peak-centroid separation filter.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from algorithms.geometry.models import Detector
+from algorithms.reflection_table import Flags, ReflectionTable
+from algorithms.shoebox import MaskCode, Shoeboxes
+from algorithms.spotfinding.centroids import peak_centroid_distance, spot_properties, strong_shoeboxes
+from algorithms.spotfinding.labelling import StrongPixels, join_chunks, strong_pixels_in_chunk
+from algorithms.spotfinding.threshold import DispersionParameters
+
+
+def default_min_spot_size(detector_type: str) -> int:
+    """DIALS' ``min_spot_size = Auto``: 3 for pixel-array (SENSOR_PAD) detectors, else 6."""
+    return 3 if detector_type == "SENSOR_PAD" else 6
+
+
+@dataclass(frozen=True)
+class SpotFilter:
+    """``spotfinder.filter`` size and separation limits (min_spot_size already resolved)."""
+
+    min_spot_size: int = 3
+    max_spot_size: int = 1000
+    max_separation: float = 2.0
+
+
+@dataclass
+class FoundSpots:
+    """The strong-spot table and the counts DIALS logs on the way to it."""
+
+    reflections: ReflectionTable
+    strong_per_image: np.ndarray  # strong pixels on each image of the scan
+    n_extracted: int
+    n_too_small: int
+    n_too_large: int
+    n_centroided: int  # after the size filter
+
+
+def static_mask(
+    detector: Detector,
+    s0: np.ndarray,
+    d_min: float | None = None,
+    d_max: float | None = None,
+    border: int = 0,
+    untrusted_rectangles: Sequence[Sequence[int]] = (),
+    untrusted_circles: Sequence[Sequence[float]] = (),
+    user_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """True for the pixels of the panel to use, (n_slow, n_fast).
+
+    Combines the panel's mask rectangles and ``untrusted_rectangles`` (x0, x1, y0, y1; half-open
+    pixel ranges), ``untrusted_circles`` (x, y, r in pixels; pixel centres within r), an edge
+    ``border`` (pixels), ``user_mask`` (True = use) and the resolution limits, evaluated at pixel
+    centres: pixels with d < d_min or d > d_max are masked before thresholding, as in DIALS.
+    The trusted range is per image and is applied by the threshold kernels.
+    """
+    n_fast, n_slow = detector.image_size
+    mask = np.ones((n_slow, n_fast), dtype=bool)
+    for x0, x1, y0, y1 in list(detector.mask) + [tuple(r) for r in untrusted_rectangles]:
+        mask[max(0, int(y0)) : max(0, int(y1)), max(0, int(x0)) : max(0, int(x1))] = False
+    if untrusted_circles:
+        y, x = np.mgrid[0:n_slow, 0:n_fast] + 0.5
+        for xc, yc, radius in untrusted_circles:
+            mask &= (x - xc) ** 2 + (y - yc) ** 2 > radius**2
+    if border > 0:
+        mask[:border, :] = mask[-border:, :] = False
+        mask[:, :border] = mask[:, -border:] = False
+    if user_mask is not None:
+        if user_mask.shape != mask.shape:
+            raise ValueError(f"the user mask is {user_mask.shape[::-1]} pixels (fast, slow), the detector {(n_fast, n_slow)}")
+        mask &= user_mask.astype(bool)
+    if d_min is not None or d_max is not None:
+        d = detector.resolution_map(s0)
+        if d_min is not None:
+            mask &= d >= d_min
+        if d_max is not None:
+            mask &= d <= d_max
+    return mask
+
+
+def spots_from_strong_pixels(
+    pixels: StrongPixels,
+    spot_filter: SpotFilter = SpotFilter(),
+    panel: int = 0,
+    experiment_id: int = 0,
+    identifier: str | None = None,
+    shoeboxes: bool = True,
+) -> FoundSpots:
+    """The strong-spot table (rows in order of each spot's first pixel) from a scan's pixels."""
+    spots = spot_properties(pixels)
+    too_small = spots.n_pixels < spot_filter.min_spot_size
+    too_large = spots.n_pixels > spot_filter.max_spot_size
+    sized = np.flatnonzero(~too_small & ~too_large)
+    separated = peak_centroid_distance(spots.select(sized)) <= spot_filter.max_separation
+    labels = sized[separated]
+    kept = spots.select(labels)
+    n = len(kept)
+    table = ReflectionTable(
+        {
+            "id": np.full(n, experiment_id, np.int32),
+            "panel": np.full(n, panel, np.uint64),
+            "flags": np.full(n, int(Flags.strong), np.uint64),
+            "bbox": kept.bbox.astype(np.int32),
+            "xyzobs.px.value": kept.centroid,
+            "xyzobs.px.variance": kept.centroid_variance,
+            "intensity.sum.value": kept.intensity,
+            "intensity.sum.variance": kept.intensity.copy(),
+            "n_signal": kept.n_pixels.astype(np.int32),
+        },
+        experiment_identifiers={experiment_id: identifier} if identifier else None,
+    )
+    if shoeboxes:
+        offsets, data, mask = strong_shoeboxes(pixels, labels, kept.bbox, int(MaskCode.Valid | MaskCode.Foreground))
+        table["shoebox"] = Shoeboxes(
+            np.full(n, panel, np.uint32), kept.bbox, offsets, data, mask, np.zeros_like(data), np.ones(n, bool)
+        )
+    return FoundSpots(
+        reflections=table,
+        strong_per_image=pixels.strong_per_image,
+        n_extracted=len(spots),
+        n_too_small=int(too_small.sum()),
+        n_too_large=int(too_large.sum()),
+        n_centroided=len(sized),
+    )
+
+
+def find_spots(
+    images: np.ndarray,
+    first_z: int,
+    mask: np.ndarray,
+    parameters: DispersionParameters = DispersionParameters(),
+    spot_filter: SpotFilter = SpotFilter(),
+    chunk_images: int | None = None,
+    trusted_range: tuple[float, float] = (-1.0, 65535.0),
+    **table_options,
+) -> FoundSpots:
+    """Spot finding on an in-memory stack (n_images, slow, fast) in chunks of ``chunk_images``
+    (None = one chunk), sequentially; the pipeline maps :func:`strong_pixels_in_chunk` over Dask
+    chunks instead and calls :func:`join_chunks` and :func:`spots_from_strong_pixels` the same way.
+    """
+    step = chunk_images or len(images)
+    chunks = [
+        strong_pixels_in_chunk(images[start : start + step], first_z + start, mask, parameters, trusted_range)
+        for start in range(0, len(images), step)
+    ]
+    return spots_from_strong_pixels(join_chunks(chunks, images.shape[2]), spot_filter, **table_options)
