@@ -110,8 +110,6 @@ def experiments_from_dict(document: dict, source: str = "<dict>") -> list[Experi
         if key not in built:
             try:
                 built[key] = copy.deepcopy(entry) if kind in _DICT_KINDS else _READERS[kind](entry)
-            except InputFileError:
-                raise
             except (KeyError, TypeError, ValueError, IndexError, DataError) as e:
                 detail = f"missing key {e}" if isinstance(e, KeyError) else str(e)
                 raise InputFileError(f"{source}: {kind} model {ref if not isinstance(ref, dict) else ''} is invalid ({detail})") from None
