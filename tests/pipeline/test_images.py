@@ -230,19 +230,41 @@ def test_zarr_cache_round_trip(tmp_path, count_pixel_reads):
     assert stored_bytes < 0.6 * direct.size * 2  # compressed (Poisson(3) counts)
 
 
-def test_opening_1296_images_reads_headers_only(tmp_path, count_pixel_reads):
-    """The reference job's size (18 × 72 images) in one folder; pixel blocks are sparse."""
+def test_opening_1296_images_reads_headers_only(tmp_path, count_pixel_reads, monkeypatch):
+    """The reference job's size (18 × 72 images) in one folder; pixel blocks are sparse. Every
+    byte read from the files is recorded: only the first KiB of each (the header) is read."""
     folder = tmp_path / "big"
     folder.mkdir()
     for k in range(1, 1297):
         header = timepix_header(OSC_START=f"{-56.73 + (k - 1) * 0.9149:.4f}")
         write_smv(folder / f"{k:05d}.img", None, header, shape=(516, 516))
+
+    bytes_read = []
+
+    class RecordingFile:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def read(self, *args):
+            data = self.handle.read(*args)
+            bytes_read.append(len(data))
+            return data
+
+    monkeypatch.setattr(images, "open", lambda *a, **k: RecordingFile(open(*a, **k)), raising=False)
+    monkeypatch.setattr(images.fabio, "open", lambda *a, **k: pytest.fail("fabio.open called while opening"))
     t0 = time.perf_counter()
     (experiment,) = import_experiments([folder])
     stack = open_image_stack(experiment, chunk_images=16)
     elapsed = time.perf_counter() - t0
     print(f"\nimport + open of 1296 images: {elapsed:.3f} s")
     assert count_pixel_reads == []
+    assert len(bytes_read) == 1296 and max(bytes_read) == 1024  # headers only; each file is 533024 bytes
     assert stack.shape == (1296, 516, 516)
     assert len(stack.data.__dask_graph__()) == 81
 
