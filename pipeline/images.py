@@ -517,6 +517,11 @@ def _file_stack(experiment: Experiment, chunk_images: int, dtype: str | np.dtype
     """Pixel values read from the image files as a Dask array, one task per run of
     ``chunk_images`` images, converted to ``dtype`` while reading (default: as stored)."""
     paths = [str(p) for p in image_paths(experiment)]
+    missing = next((p for p in paths if not os.path.isfile(p)), None)
+    if missing is not None:  # e.g. an .expt written on another machine
+        raise InputFileError(
+            f"{missing}: image file of template {experiment.imageset['template']} not found; "
+            f"re-import the images here or fix the template in the .expt file")
     n_fast, n_slow = experiment.detector.image_size
     dtype = _stored_dtype(experiment) if dtype is None else np.dtype(dtype)
     token = hashlib.sha1(("\n".join(paths) + f"{chunk_images}{dtype}").encode()).hexdigest()[:16]
@@ -587,7 +592,8 @@ def open_image_stack(experiment: Experiment, chunk_images: int = 8, cache: str |
                      dtype: str = "float32") -> xr.DataArray:
     """The experiment's images as a lazy (image, slow, fast) DataArray.
 
-    Opening reads no pixels and no headers (the experiment already holds the geometry); each
+    Opening reads no pixels and no headers (the experiment already holds the geometry; it only
+    checks that the files exist); each
     Dask task reads a run of ``chunk_images`` whole images. ``cache="zarr"`` (or a ``.zarr``
     path, or a folder for the store) writes the images once to a compressed zarr store and
     reads from it afterwards; a cache recorded in ``experiment.imageset["cache"]`` is used

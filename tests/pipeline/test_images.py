@@ -300,3 +300,15 @@ def test_timepix_512_is_recognised_but_refused(tmp_path):
     assert read_image_header(path).format_class == "FormatSMVTimePix_SU_512x512"
     with pytest.raises(InputFileError, match="00001.img: FormatSMVTimePix_SU_512x512 images are four panels"):
         import_experiments([path])
+
+
+def test_stack_of_an_expt_from_elsewhere_names_the_missing_file(shared_data):
+    from pipeline.formats.expt import read_experiments
+
+    (experiment,) = read_experiments(shared_data / "ed_lysozyme_cred/reference_dials/experiment_14/imported.expt")
+    with pytest.raises(InputFileError, match=r"/mnt/e/.*/experiment_14/SMV/data/00001\.img: image file of template .* not found"):
+        open_image_stack(experiment)
+    experiment.imageset["template"] = str(shared_data / "ed_lysozyme_cred/experiment_14/SMV/data/#####.img")
+    stack = open_image_stack(experiment)  # no format_class in a DIALS file: one header tells the dtype
+    assert stack.shape == (49, 516, 516)
+    np.testing.assert_array_equal(stack[48].values, read_image_file(shared_data / "ed_lysozyme_cred/experiment_14/SMV/data/00049.img"))
