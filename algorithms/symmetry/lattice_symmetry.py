@@ -132,12 +132,12 @@ def lattice_two_folds(reduced_cell: gemmi.UnitCell, max_delta_deg: float = 5.0) 
     t = rows @ M  # direct vectors (n, 3)
     tau = rows @ A.T  # reciprocal vectors (n, 3)
     dots = rows @ rows.T  # u·h for u in rows (axis 0) and h in rows (axis 1)
+    i, j = np.nonzero(np.isin(np.abs(dots), (1, 2)))
+    deltas = np.degrees(np.arctan2(np.linalg.norm(np.cross(t[i], tau[j]), axis=1), np.abs(np.sum(t[i] * tau[j], axis=1))))
+    close = deltas < max_delta_deg
     found: dict[tuple, TwoFold] = {}
-    for i, j in zip(*np.nonzero(np.isin(np.abs(dots), (1, 2)))):
+    for i, j, delta in zip(i[close], j[close], deltas[close]):
         u, h, uh = rows[i], rows[j], dots[i, j]
-        delta = np.degrees(np.arctan2(np.linalg.norm(np.cross(t[i], tau[j])), abs(t[i] @ tau[j])))
-        if delta >= max_delta_deg:
-            continue
         W = 2.0 * np.outer(u, h) / uh - np.eye(3)
         if not np.allclose(W, np.rint(W)):
             continue
@@ -223,13 +223,13 @@ def _monoclinic_settings(W: np.ndarray, G: np.ndarray) -> list[tuple[str, np.nda
     plane, x1, x2 = _perpendicular_plane_basis(W, G)
     unit_area = np.cross(x1, x2)
     short = plane[: min(len(plane), 40)]
+    ia, ic = (x.ravel() for x in np.meshgrid(np.arange(len(short)), np.arange(len(short)), indexing="ij"))
+    a_all, c_all = short[ia], short[ic]
+    cross = np.cross(a_all, c_all)
+    is_basis = np.all(np.abs(cross) == np.abs(unit_area), axis=1) & np.any(cross != 0, axis=1)
+    obtuse = np.einsum("ni,ij,nj->n", a_all, G, c_all) <= 0
     settings = []
-    for a, c in itertools.product(short, short):
-        cross = np.cross(a, c)
-        if not np.any(cross) or not np.allclose(np.abs(cross), np.abs(unit_area)):
-            continue  # (a, c) must be a basis of the plane lattice
-        if _angle_deg(G, a, c) < 90.0:
-            continue
+    for a, c in zip(a_all[is_basis & obtuse], c_all[is_basis & obtuse]):
         b = axis if np.linalg.det(np.array([a, axis, c])) > 0 else -axis
         P = np.array([a, b, c])
         index = round(abs(np.linalg.det(P)))
