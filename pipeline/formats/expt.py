@@ -174,7 +174,13 @@ def _faithful_json(model, kind: str) -> dict:
         return out
     # The as-read mapping replayed through the model: what "unchanged" looks like.
     rebuilt = to_json(_READERS[kind](as_read))
-    return _merge(out, rebuilt, as_read)
+    merged = _merge(out, rebuilt, as_read)
+    if kind == "scan" and "properties" in merged:
+        # Per-image properties ewald does not know cannot follow a change of image range: drop
+        # any whose length no longer fits (dxtbx refuses such a scan).
+        n = model.num_images
+        merged["properties"] = {k: v for k, v in merged["properties"].items() if len(v) == n}
+    return merged
 
 
 def _merge(out: dict, rebuilt: dict, as_read: dict) -> dict:
@@ -408,12 +414,39 @@ def _goniometer_to_json(gonio: Goniometer) -> dict:
 # ------------------------------------------------------------------------------------- scan
 
 
+def _padded_exposure_times(values, n: int) -> list:
+    """dxtbx's legacy rule: a short list is padded with its last value (none → 0)."""
+    values = list(values or [0.0])
+    return values[:n] + [values[-1]] * (n - len(values))
+
+
+def _padded_epochs(values, n: int) -> list:
+    """dxtbx's legacy rule: none → zeros, one → constant, short → extrapolated by the last step."""
+    values = list(values or [0.0])
+    if len(values) == 1:
+        return values * n
+    step = values[-1] - values[-2]
+    return values[:n] + [values[-1] + (i + 1) * step for i in range(n - len(values))]
+
+
 def _scan_from_json(d: dict) -> Scan:
+    first, last = d["image_range"]
+    n = last - first + 1
+    if "properties" in d:  # dxtbx ≥ 3.9: per-image tables, oscillation = start angle of each image
+        properties = d["properties"]
+        starts = properties["oscillation"]
+        width = properties["oscillation_width"][0] if len(starts) == 1 else starts[1] - starts[0]
+        oscillation = (starts[0], width)
+        exposure_times, epochs = properties.get("exposure_time"), properties.get("epochs")
+    else:
+        oscillation = tuple(d["oscillation"])
+        exposure_times = _padded_exposure_times(d.get("exposure_time"), n)
+        epochs = _padded_epochs(d.get("epochs"), n)
     return Scan(
-        image_range=tuple(d["image_range"]),
-        oscillation=tuple(d["oscillation"]),
-        exposure_times=d.get("exposure_time"),
-        epochs=d.get("epochs"),
+        image_range=(first, last),
+        oscillation=oscillation,
+        exposure_times=exposure_times,
+        epochs=epochs,
         batch_offset=int(d.get("batch_offset", 0)),
         valid_image_ranges=copy.deepcopy(d.get("valid_image_ranges") or {}),
         extra=copy.deepcopy(d),
@@ -421,14 +454,20 @@ def _scan_from_json(d: dict) -> Scan:
 
 
 def _scan_to_json(scan: Scan) -> dict:
-    return {
-        "image_range": [int(v) for v in scan.image_range],
-        "batch_offset": int(scan.batch_offset),
-        "oscillation": [float(v) for v in scan.oscillation],
-        "exposure_time": _list(scan.exposure_times),
-        "epochs": _list(scan.epochs),
-        "valid_image_ranges": copy.deepcopy(scan.valid_image_ranges),
-    }
+    d = {"image_range": [int(v) for v in scan.image_range], "batch_offset": int(scan.batch_offset)}
+    start, width = (float(v) for v in scan.oscillation)
+    if "properties" in scan.extra:  # keep the form the file had
+        d["properties"] = {
+            "oscillation": (start + width * np.arange(scan.num_images)).tolist(),
+            "exposure_time": _list(scan.exposure_times),
+            "epochs": _list(scan.epochs),
+        }
+        if scan.num_images == 1:
+            d["properties"]["oscillation_width"] = [width]
+    else:
+        d.update(oscillation=[start, width], exposure_time=_list(scan.exposure_times), epochs=_list(scan.epochs))
+    d["valid_image_ranges"] = copy.deepcopy(scan.valid_image_ranges)
+    return d
 
 
 # ---------------------------------------------------------------------------------- crystal

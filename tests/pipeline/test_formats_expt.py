@@ -272,3 +272,42 @@ def test_hall_symbols_with_leading_space_map_to_gemmi_groups():
     assert space_group_from_hall(' P 31 2"').hm == "P 31 2 1"
     assert space_group_from_hall(" P 4").number == 75
     assert isinstance(space_group_from_hall(" P 1"), gemmi.SpaceGroup)
+
+
+def test_scans_in_the_per_image_properties_form_of_current_dxtbx(shared_data, tmp_path):
+    """dxtbx ≥ 3.9 writes ``properties`` (start angle, exposure, epoch of every image)."""
+    document = json.loads((shared_data / "ed_lysozyme_cred/reference_dials/experiment_14/imported.expt").read_text())
+    legacy = document["scan"][0]
+    n = legacy["image_range"][1] - legacy["image_range"][0] + 1
+    start, width = legacy["oscillation"]
+    document["scan"][0] = {
+        "image_range": legacy["image_range"],
+        "batch_offset": 0,
+        "properties": {
+            "oscillation": [start + width * i for i in range(n)],
+            "exposure_time": legacy["exposure_time"],
+            "epochs": legacy["epochs"],
+            "frame_flag": [1] * n,  # a property ewald does not know
+        },
+        "valid_image_ranges": {},
+    }
+    (e,) = experiments_from_dict(document)
+    assert e.scan.oscillation[0] == -18.28 and e.scan.oscillation[1] == pytest.approx(0.6873, abs=1e-12)
+    assert e.scan.num_images == 49
+    assert identical(experiments_to_dict([e])["scan"][0], document["scan"][0]) is None
+    e.scan.image_range = (1, 40)
+    e.scan.exposure_times = e.scan.exposure_times[:40]
+    e.scan.epochs = e.scan.epochs[:40]
+    written = experiments_to_dict([e])["scan"][0]
+    assert len(written["properties"]["oscillation"]) == 40 and "oscillation" not in written
+    assert "frame_flag" not in written["properties"]  # 49 values no longer fit 40 images
+    (f,) = experiments_from_dict({**document, "scan": [written]})
+    assert f.scan.image_range == (1, 40) and f.scan.oscillation[0] == -18.28
+
+
+def test_short_legacy_exposure_and_epoch_lists_are_padded_like_dxtbx():
+    from pipeline.formats.expt import _scan_from_json
+
+    scan = _scan_from_json({"image_range": [3, 6], "oscillation": [0.0, 0.5], "exposure_time": [2.0], "epochs": [10.0, 11.5]})
+    assert scan.exposure_times.tolist() == [2.0, 2.0, 2.0, 2.0]
+    assert scan.epochs.tolist() == [10.0, 11.5, 13.0, 14.5]
