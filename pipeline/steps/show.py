@@ -37,14 +37,24 @@ def _matrix(name: str, m: np.ndarray) -> list[str]:
     return [f"    {name}{{{rows[0]},", f"{pad}{rows[1]},", f"{pad}{rows[2]}}}"]
 
 
-def _resolution_limits(experiment: Experiment) -> tuple[float, float]:
+def _beam_centre_px(experiment: Experiment) -> tuple[float, float] | None:
+    """Where the beam meets the panel plane (px), or None if it points away from the panel."""
+    xy_mm, valid = experiment.detector.ray_intersection_mm(experiment.beam.s0)
+    return tuple(experiment.detector.mm_to_pixel(xy_mm)) if valid else None
+
+
+def _resolution_limits(experiment: Experiment) -> tuple[float, float | None]:
     """d (Å) at the panel corners (best) and of the largest full circle around the beam centre."""
     detector, s0 = experiment.detector, experiment.beam.s0
     nf, ns = detector.image_size
     corners = np.array([[0, 0], [nf, 0], [0, ns], [nf, ns]], dtype=float)
-    bx, by = detector.beam_centre_px(s0)
+    at_corners = float(detector.resolution_of_pixel(corners, s0).min())
+    centre = _beam_centre_px(experiment)
+    if centre is None:
+        return at_corners, None
+    bx, by = centre
     edges = np.array([[0, by], [nf, by], [bx, 0], [bx, ns]], dtype=float)
-    return float(detector.resolution_of_pixel(corners, s0).min()), float(detector.resolution_of_pixel(edges, s0).max())
+    return at_corners, float(detector.resolution_of_pixel(edges, s0).max())
 
 
 def _detector_lines(experiment: Experiment) -> list[str]:
@@ -72,7 +82,10 @@ def _detector_lines(experiment: Experiment) -> list[str]:
     if d.mask:
         lines.append("  mask: " + ", ".join(_braces(r) for r in d.mask))
     corners, inscribed = _resolution_limits(experiment)
-    lines += ["", f"Max resolution (at corners): {corners:f}", f"Max resolution (inscribed):  {inscribed:f}", ""]
+    lines += ["", f"Max resolution (at corners): {corners:f}"]
+    if inscribed is not None:
+        lines.append(f"Max resolution (inscribed):  {inscribed:f}")
+    lines.append("")
     return lines
 
 
@@ -91,8 +104,11 @@ def _beam_lines(experiment: Experiment) -> list[str]:
         f"    s0: {_braces(b.s0)}",
         "",
     ]
-    x_mm, y_mm = experiment.detector.beam_centre_mm(b.s0)
-    x_px, y_px = experiment.detector.beam_centre_px(b.s0)
+    centre = _beam_centre_px(experiment)
+    if centre is None:
+        return lines + ["Beam centre: the beam does not meet the detector plane", ""]
+    x_px, y_px = centre
+    x_mm, y_mm = experiment.detector.pixel_to_mm(centre)
     lines += ["Beam centre: ", f"    mm: ({x_mm:.2f},{y_mm:.2f})", f"    px: ({x_px:.2f},{y_px:.2f})", ""]
     return lines
 

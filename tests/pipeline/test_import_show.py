@@ -288,3 +288,11 @@ def test_cli_missing_folder_exit_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no_such_folder: no such file or folder" in err[0]
     assert not (tmp_path / "imported.expt").exists()
+
+
+def test_show_beam_missing_the_detector(sweep):
+    (e,) = run_import(sweep).experiments
+    e.beam.direction = np.array([0.0, 0.0, -1.0])  # travelling away from the panel
+    lines = show.format_experiments([e]).splitlines()
+    assert "Beam centre: the beam does not meet the detector plane" in lines
+    assert not any(line.startswith("Max resolution (inscribed)") for line in lines)
