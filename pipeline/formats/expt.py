@@ -60,7 +60,7 @@ def read_experiments(path) -> list[Experiment]:
     """Read a DIALS ``.expt`` file into a list of :class:`Experiment`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputFileError(f"{path}: cannot read the experiment file ({e.strerror or e}); check the path") from None
     except UnicodeDecodeError:
@@ -112,7 +112,8 @@ def experiments_from_dict(document: dict, source: str = "<dict>") -> list[Experi
                 built[key] = copy.deepcopy(entry) if kind in _DICT_KINDS else _READERS[kind](entry)
             except (KeyError, TypeError, ValueError, IndexError, DataError) as e:
                 detail = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-                raise InputFileError(f"{source}: {kind} model {ref if not isinstance(ref, dict) else ''} is invalid ({detail})") from None
+                which = f"{kind} model {ref}" if not isinstance(ref, dict) else f"the {kind} model of {where}"
+                raise InputFileError(f"{source}: {which} is invalid ({detail})") from None
         return built[key]
 
     experiments = []

@@ -12,6 +12,10 @@ Columns are read with ``np.frombuffer`` (no per-row Python); shoebox records are
 numba kernel. Each column keeps its DIALS type name in ``table.column_types`` so that a table
 read and written back gives the same bytes; types of new columns are inferred from the column
 name (DIALS' standard columns) and the array's dtype and shape.
+
+``std::string`` columns are written as a msgpack array of strings. DIALS declares the type but
+has no msgpack adapter for it (its reader expects binary data), so files meant for DIALS should
+not carry string columns.
 """
 from __future__ import annotations
 

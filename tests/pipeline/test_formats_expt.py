@@ -259,6 +259,10 @@ def test_missing_file_and_unsupported_models(shared_data, tmp_path):
     bad_index["experiment"][0]["crystal"] = 3
     with pytest.raises(InputFileError, match="crystal 3"):
         experiments_from_dict(bad_index)
+    no_wavelength = copy.deepcopy(document)
+    del no_wavelength["beam"][0]["wavelength"]
+    with pytest.raises(InputFileError, match="beam model 0 is invalid .missing key 'wavelength'"):
+        experiments_from_dict(no_wavelength)
     bad_hall = copy.deepcopy(document)
     bad_hall["crystal"][0]["space_group_hall_symbol"] = " Q 9"
     with pytest.raises(InputFileError, match="Hall"):
