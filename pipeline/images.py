@@ -395,7 +395,7 @@ def _image_path(template: str, number: int) -> Path:
 # -------------------------------------------------------------------------------- the data set
 
 
-def _check_consistent(headers: list[ImageHeader]) -> None:
+def _check_consistent(headers: list[ImageHeader], check_rotation: bool = True) -> None:
     first = headers[0]
     for prev, head in zip(headers, headers[1:]):
         if head.shape != first.shape:
@@ -405,28 +405,31 @@ def _check_consistent(headers: list[ImageHeader]) -> None:
             )
         if head.format_class != first.format_class:
             raise InputFileError(f"{head.path}: format {head.format_class} differs from {first.path.name} ({first.format_class}); import them separately")
+        if not check_rotation:
+            continue
         width = first.osc_width_deg
         tolerance = OSCILLATION_TOLERANCE * abs(width)
         if abs(head.osc_width_deg - width) > tolerance:
             raise InputFileError(
                 f"{head.path}: oscillation width {head.osc_width_deg}° differs from {width}° of {first.path.name}; "
-                f"give image_range= to import images of one width"
+                f"give image_range= to import images of one width, or oscillation= to override the headers"
             )
         expected = prev.osc_start_deg + prev.osc_width_deg
         if abs(head.osc_start_deg - expected) > tolerance:
             raise InputFileError(
                 f"{head.path}: starts at {head.osc_start_deg}° but {prev.path.name} ends at {expected:.4f}°, so the "
-                f"images are not one continuous rotation; give image_range= to import a continuous part, or oscillation= to override"
+                f"images are not one continuous rotation; give image_range= to import a continuous part, or oscillation= to override the headers"
             )
 
 
 def experiment_from_headers(template: str, numbered_headers: list[tuple[int, ImageHeader]],
-                            mask_timepix_cross: bool = False) -> Experiment:
+                            mask_timepix_cross: bool = False, check_rotation: bool = True) -> Experiment:
     """One experiment (beam, detector, goniometer, scan, imageset) from a contiguous run of
-    headers, as dials.import merges single-image models into one sequence."""
+    headers, as dials.import merges single-image models into one sequence. ``check_rotation=False``
+    skips the check that the images' angles form one rotation (for an oscillation override)."""
     numbers = [n for n, _ in numbered_headers]
     headers = [h for _, h in numbered_headers]
-    _check_consistent(headers)
+    _check_consistent(headers, check_rotation)
     first = headers[0]
     beam, detector, goniometer = models_from_header(first, mask_timepix_cross)
     scan = Scan(
@@ -446,11 +449,12 @@ def experiment_from_headers(template: str, numbered_headers: list[tuple[int, Ima
 
 
 def import_experiments(inputs: Sequence[str | Path], image_range: tuple[int, int] | None = None,
-                       mask_timepix_cross: bool = False) -> list[Experiment]:
+                       mask_timepix_cross: bool = False, check_rotation: bool = True) -> list[Experiment]:
     """Experiments (one per file template) from image files, folders, globs or templates.
 
     Reads only the headers. Raises :class:`InputFileError` for a gap in the numbering, files
-    of different sizes or formats, a broken rotation, a truncated file or a missing header key.
+    of different sizes or formats, a broken rotation (unless ``check_rotation=False``), a
+    truncated file or a missing header key.
     """
     experiments = []
     for template, numbered in group_by_template(expand_image_paths(inputs)).items():
@@ -467,7 +471,7 @@ def import_experiments(inputs: Sequence[str | Path], image_range: tuple[int, int
             numbered = wanted
         _check_contiguous(numbered, template)
         headers = [(n, read_image_header(p)) for n, p in numbered]
-        experiments.append(experiment_from_headers(template, headers, mask_timepix_cross))
+        experiments.append(experiment_from_headers(template, headers, mask_timepix_cross, check_rotation))
     return experiments
 
 

@@ -140,7 +140,8 @@ def apply_overrides(experiment: Experiment, geometry: Geometry) -> Experiment:
 def run(files: Sequence[str | Path], params: Params) -> StepResult:
     """Import image files (files, folders, globs or ``#####`` templates) into experiments."""
     experiments = import_experiments(
-        files, image_range=params.geometry.scan.image_range, mask_timepix_cross=params.mask_timepix_cross)
+        files, image_range=params.geometry.scan.image_range, mask_timepix_cross=params.mask_timepix_cross,
+        check_rotation=params.geometry.scan.oscillation is None)  # an override replaces the headers' angles
     experiments = [apply_overrides(e, params.geometry) for e in experiments]
     if params.cache is not None:
         folder = Path(params.output.experiments).parent if params.cache == "zarr" else Path(params.cache)

@@ -296,3 +296,11 @@ def test_show_beam_missing_the_detector(sweep):
     lines = show.format_experiments([e]).splitlines()
     assert "Beam centre: the beam does not meet the detector plane" in lines
     assert not any(line.startswith("Max resolution (inscribed)") for line in lines)
+
+
+def test_oscillation_override_accepts_headers_with_broken_angles(sweep):
+    smv_files.write_smv(sweep / "00004.img", np.zeros((516, 516)), smv_files.timepix_header(OSC_START="0.0"))
+    with pytest.raises(InputFileError, match=r"00004\.img: starts at 0\.0° .* or oscillation= to override the headers"):
+        run_import(sweep)
+    (e,) = run_import(sweep, "oscillation=-30,0.5").experiments
+    assert e.scan.oscillation == (-30.0, 0.5) and e.scan.image_range == (1, 6)
