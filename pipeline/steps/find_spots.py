@@ -1,0 +1,273 @@
+"""``ewald find_spots``: imported.expt → strong.refl (the equivalent of ``dials.find_spots``).
+
+The Dask graph per sweep: the image stack's chunks of whole images, one task per chunk that
+thresholds its images and labels their strong pixels in 3D (:func:`strong_pixels_in_chunk`,
+numba, GIL released), and one reduce that joins spots across chunk boundaries and builds the
+table (:func:`join_chunks`, :func:`spots_from_strong_pixels`). Only the sparse strong pixels
+leave a chunk task; the result does not depend on the chunk size.
+
+Parameters, defaults and log lines are DIALS' (algorithms.md §3).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dask
+import numpy as np
+
+from algorithms.errors import DataError
+from algorithms.geometry.models import Experiment
+from algorithms.reflection_table import ReflectionTable
+from algorithms.spotfinding import (
+    DispersionParameters,
+    FoundSpots,
+    SpotFilter,
+    default_min_spot_size,
+    join_chunks,
+    spot_counts_per_image_histogram,
+    spots_from_strong_pixels,
+    static_mask,
+    strong_pixels_in_chunk,
+)
+from pipeline.errors import InputFileError, ParameterError
+from pipeline.images import open_image_stack
+from pipeline.params import param, scope
+from pipeline.steps import StepResult
+
+NAME = "find_spots"
+HELP = "Find strong spots on every image and write them (strong.refl), as dials.find_spots."
+
+logger = logging.getLogger(__name__)
+RULE = "-" * 80
+
+
+@dataclass
+class Dispersion:
+    gain: float | None = param(None, "Detector gain for the Poisson statistics; None = 1.")
+    kernel_size: tuple[int, int] = param((3, 3), "Half-widths of the local window (3,3 → 7×7 pixels).")
+    sigma_background: float = param(6.0, "Index-of-dispersion threshold (σ) for pixels to count as non-background.")
+    sigma_strong: float = param(3.0, "Threshold (σ above the local background mean) for a strong pixel.")
+    min_local: int = param(2, "Minimum number of unmasked pixels in the window; ≤ 0 = the whole window.")
+    global_threshold: float = param(0.0, "Strong pixels must exceed this value (counts).")
+
+
+@dataclass
+class Threshold:
+    algorithm: Literal["dispersion", "dispersion_extended"] = param(
+        "dispersion_extended", "The strong-pixel threshold: DIALS' classic index-of-dispersion test or its "
+                               "extended form (dispersion regions eroded, background from the rest).")
+    dispersion: Dispersion = scope(Dispersion, "Parameters of both dispersion algorithms.")
+
+
+@dataclass
+class Untrusted:
+    rectangle: tuple[int, int, int, int] | None = param(None, "A masked rectangle x0,x1,y0,y1 (pixels, end exclusive).")
+    circle: tuple[float, float, float] | None = param(None, "A masked circle x,y,radius (pixels).")
+
+
+@dataclass
+class Filter:
+    d_min: float | None = param(None, "Mask pixels with resolution below d_min (Å) before thresholding.")
+    d_max: float | None = param(None, "Mask pixels with resolution above d_max (Å) before thresholding.")
+    min_spot_size: int | None = param(None, "Smallest spot kept (pixels); None = 3 for pixel-array detectors, else 6.")
+    max_spot_size: int = param(1000, "Largest spot kept (pixels).")
+    max_separation: float = param(2.0, "Largest distance (pixels, images) between a spot's brightest voxel and its centroid.")
+    max_strong_pixel_fraction: float = param(0.25, "Fail if more than this fraction of an image's pixels are strong.")
+    border: int = param(0, "Mask this many pixels at the edges of the detector.")
+    untrusted: list[Untrusted] = scope(Untrusted, "Regions of the detector to mask.", multiple=True)
+
+
+@dataclass
+class Lookup:
+    mask: str | None = param(None, "A user mask: a .npy boolean array (slow, fast), True = use the pixel.")
+
+
+@dataclass
+class Mp:
+    chunksize: int | None = param(None, "Images per Dask task; None = 8. Results do not depend on it.")
+
+
+@dataclass
+class Spotfinder:
+    threshold: Threshold = scope(Threshold, "Strong-pixel threshold.")
+    filter: Filter = scope(Filter, "Masks and spot filters.")
+    lookup: Lookup = scope(Lookup, "Lookup files.")
+    mp: Mp = scope(Mp, "Parallel processing.")
+
+
+@dataclass
+class Output:
+    reflections: str = param("strong.refl", "The output reflection file.")
+    shoeboxes: bool = param(True, "Save the strong pixels of each spot (needed to model profiles in integration).")
+
+
+@dataclass
+class Params:
+    spotfinder: Spotfinder = scope(Spotfinder, "Spot finding.")
+    output: Output = scope(Output, "Output files.")
+
+
+DEFAULT_CHUNK_IMAGES = 8
+
+
+# ------------------------------------------------------------------------------------ params
+
+
+def dispersion_parameters(params: Params) -> DispersionParameters:
+    threshold = params.spotfinder.threshold
+    d = threshold.dispersion
+    try:
+        return DispersionParameters(
+            algorithm=threshold.algorithm, gain=d.gain, kernel_size=tuple(d.kernel_size),
+            sigma_background=d.sigma_background, sigma_strong=d.sigma_strong, min_local=d.min_local,
+            global_threshold=d.global_threshold,
+        )
+    except ValueError as error:
+        raise ParameterError(f"spotfinder.threshold: {error}") from None
+
+
+def _user_mask(path: str | None, detector) -> np.ndarray | None:
+    if path is None:
+        return None
+    if Path(path).suffix != ".npy":
+        raise ParameterError(f"lookup.mask={path}: give the mask as a .npy boolean array (slow, fast), True = use")
+    try:
+        mask = np.load(path)
+    except (OSError, ValueError) as error:
+        raise InputFileError(f"{path}: cannot read the mask ({error}); give a .npy boolean array") from None
+    n_fast, n_slow = detector.image_size
+    if mask.shape != (n_slow, n_fast):
+        raise InputFileError(f"{path}: the mask is {mask.shape} (slow, fast) but the detector has {(n_slow, n_fast)} pixels")
+    return mask.astype(bool)
+
+
+def experiment_mask(experiment: Experiment, params: Params) -> np.ndarray:
+    """The static pixel mask of a sweep: panel and user masks, border and resolution limits."""
+    f = params.spotfinder.filter
+    return static_mask(
+        experiment.detector, experiment.beam.s0, d_min=f.d_min, d_max=f.d_max, border=f.border,
+        untrusted_rectangles=[u.rectangle for u in f.untrusted if u.rectangle is not None],
+        untrusted_circles=[u.circle for u in f.untrusted if u.circle is not None],
+        user_mask=_user_mask(params.spotfinder.lookup.mask, experiment.detector),
+    )
+
+
+def spot_filter(experiment: Experiment, params: Params) -> SpotFilter:
+    f = params.spotfinder.filter
+    min_size = f.min_spot_size if f.min_spot_size is not None else default_min_spot_size(experiment.detector.type)
+    return SpotFilter(min_spot_size=min_size, max_spot_size=f.max_spot_size, max_separation=f.max_separation)
+
+
+# --------------------------------------------------------------------------------- the graph
+
+
+def _check_strong_fraction(found: FoundSpots, first_image: int, n_pixels: int, fraction: float) -> None:
+    worst = int(np.argmax(found.strong_per_image)) if len(found.strong_per_image) else 0
+    if len(found.strong_per_image) and found.strong_per_image[worst] > fraction * n_pixels:
+        raise DataError(
+            f"image {first_image + worst}: {found.strong_per_image[worst]} of {n_pixels} pixels are strong "
+            f"(more than max_strong_pixel_fraction={fraction}); check the mask and gain, or raise "
+            "sigma_strong or global_threshold")
+
+
+def _spots_of_sweep(chunks, n_fast: int, spot_limits: SpotFilter, experiment_id: int, identifier: str,
+                    shoeboxes: bool) -> FoundSpots:
+    return spots_from_strong_pixels(join_chunks(list(chunks), n_fast), spot_limits, panel=0,
+                                    experiment_id=experiment_id, identifier=identifier or None, shoeboxes=shoeboxes)
+
+
+def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int = 0):
+    """A Delayed FoundSpots for one sweep: one task per image chunk plus one reduce."""
+    chunk_images = params.spotfinder.mp.chunksize
+    chunk_images = DEFAULT_CHUNK_IMAGES if chunk_images is None else chunk_images
+    if chunk_images < 1:
+        raise ParameterError(f"mp.chunksize={chunk_images}: give at least 1 image per chunk")
+    stack = open_image_stack(experiment, chunk_images=chunk_images)
+    mask = experiment_mask(experiment, params)
+    detector = experiment.detector
+    threshold = dispersion_parameters(params)
+    first_z = experiment.scan.array_range[0]
+    starts = np.cumsum((0,) + stack.data.chunks[0][:-1])
+    find_in_chunk = dask.delayed(strong_pixels_in_chunk, pure=True)
+    chunks = [
+        find_in_chunk(block, first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal, detector.gain)
+        for block, start in zip(stack.data.to_delayed().ravel(), starts)
+    ]
+    return dask.delayed(_spots_of_sweep, pure=True)(
+        chunks, detector.image_size[0], spot_filter(experiment, params), experiment_id, experiment.identifier,
+        params.output.shoeboxes)
+
+
+def run(experiments: list[Experiment], reflections: ReflectionTable | None, params: Params) -> StepResult:
+    """Find the strong spots of every sweep (``reflections`` is unused); one table, ``id`` = sweep."""
+    if not experiments:
+        raise InputFileError("no experiments to find spots in; give an imported.expt")
+    for experiment in experiments:
+        if experiment.scan is None or not experiment.imageset.get("template"):
+            raise InputFileError("an experiment has no image sweep (scan and image template); give the imported.expt of a rotation sweep")
+    graphs = [find_spots_graph(e, params, i) for i, e in enumerate(experiments)]
+    results = dask.compute(*graphs)
+    summary = {"imagesets": []}
+    for experiment, found in zip(experiments, results):
+        n_fast, n_slow = experiment.detector.image_size
+        first_image = experiment.scan.image_range[0]
+        _check_strong_fraction(found, first_image, n_fast * n_slow, params.spotfinder.filter.max_strong_pixel_fraction)
+        table = found.reflections
+        summary["imagesets"].append({
+            "first_image": first_image,
+            "strong_pixels_per_image": found.strong_per_image.tolist(),
+            "n_extracted": found.n_extracted,
+            "n_too_small": found.n_too_small,
+            "n_too_large": found.n_too_large,
+            "min_spot_size": spot_filter(experiment, params).min_spot_size,
+            "max_spot_size": params.spotfinder.filter.max_spot_size,
+            "n_centroided": found.n_centroided,
+            "n_spots": len(table),
+            "histogram": spot_counts_per_image_histogram(table["xyzobs.px.value"][:, 2]),
+        })
+    return StepResult(experiments=experiments, reflections=ReflectionTable.concat([r.reflections for r in results]),
+                      summary=summary)
+
+
+# --------------------------------------------------------------------------------------- log
+
+
+def format_find_spots_log(summary: dict) -> str:
+    """The lines dials.find_spots logs for each imageset, ending with the histogram."""
+    lines = []
+    for index, s in enumerate(summary["imagesets"]):
+        lines += [RULE, f"Finding strong spots in imageset {index}", RULE, ""]
+        first = s["first_image"]
+        lines += [f"Found {n} strong pixels on image {first + i}" for i, n in enumerate(s["strong_pixels_per_image"])]
+        lines += [
+            "",
+            f"Extracted {s['n_extracted']} spots",
+            f"Removed {s['n_too_small']} spots with size < {s['min_spot_size']} pixels",
+            f"Removed {s['n_too_large']} spots with size > {s['max_spot_size']} pixels",
+            f"Calculated {s['n_centroided']} spot centroids",
+            f"Calculated {s['n_centroided']} spot intensities",
+            f"Filtered {s['n_spots']} of {s['n_centroided']} spots by peak-centroid distance",
+            "",
+            f"Histogram of per-image spot count for imageset {index}:",
+            s["histogram"],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def cli(params: Params, files: list[str]) -> None:
+    """Find spots in the sweeps of the given experiment files and write ``output.reflections``."""
+    from pipeline.formats.expt import read_experiments
+    from pipeline.formats.refl import write_reflections
+
+    if not files:
+        raise InputFileError("give the experiments to find spots in, e.g. ewald find_spots imported.expt")
+    experiments = [e for path in files for e in read_experiments(path)]
+    result = run(experiments, None, params)
+    logger.info(format_find_spots_log(result.summary))
+    write_reflections(result.reflections, params.output.reflections)
+    logger.info(RULE)
+    logger.info("Saved %d reflections to %s", len(result.reflections), params.output.reflections)
