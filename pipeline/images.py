@@ -52,7 +52,6 @@ IMAGE_SUFFIXES = (".img", ".smv", ".cbf")
 # dials.import's scan tolerance: consecutive images must join within 3 % of the oscillation width
 OSCILLATION_TOLERANCE = 0.03
 TIMEPIX_516_AXIS = (0.7826, -0.6226, 0.0)
-TIMEPIX_BASE_AXIS = (-0.755, -0.656, 0.0)
 # rows/columns 255–260 (0-based) of the 516×516 layout are the split "virtual" edge pixels
 TIMEPIX_CROSS = (255, 261)
 _CBF_BINARY_MARKER = b"\x0c\x1a\x04\xd5"
@@ -567,6 +566,7 @@ def write_zarr_cache(experiment: Experiment, store: str | Path, chunk_images: in
     from zarr.codecs import BloscCodec
 
     store = Path(store)
+    logger.info("Writing images %s:%d:%d to the cache %s", experiment.imageset["template"], *experiment.scan.image_range, store)
     tmp = store.with_name(store.name + f".tmp{os.getpid()}")
     stack = _file_stack(experiment, chunk_images)
     array = zarr.create_array(
