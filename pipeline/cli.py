@@ -102,7 +102,8 @@ class _Options:
 
 
 def _split_options(args: Sequence[str]) -> tuple[_Options, list[str]]:
-    """Separate -h, -c, -e LEVEL and -v from the files, key=value and PHIL arguments."""
+    """Separate -h, -c, -e LEVEL and -v from the files, key=value and PHIL arguments; any other
+    ``--key value`` or ``--key=value`` becomes the parameter assignment ``key=value``."""
     options, rest = _Options(), []
     remaining = iter(args)
     for arg in remaining:
@@ -120,8 +121,16 @@ def _split_options(args: Sequence[str]) -> tuple[_Options, list[str]]:
             if not level.isdigit():
                 raise ParameterError(f"{arg}: give the expert level as a number, e.g. -e 1")
             options.expert_level = int(level)
+        elif match := re.fullmatch(r"--([A-Za-z_][A-Za-z0-9_.]*)(?:=(.*))?", arg):
+            # GNU style for any parameter: --preset myd88 and --preset=myd88 mean preset=myd88
+            value = match.group(2)
+            if value is None:
+                value = next(remaining, None)
+                if value is None:
+                    raise ParameterError(f"{arg}: give a value, e.g. {arg} VALUE or {match.group(1)}=VALUE")
+            rest.append(f"{match.group(1)}={value}")
         else:
-            raise ParameterError(f"unknown option {arg}; the options are -h, -c, -e LEVEL and -v")
+            raise ParameterError(f"unknown option {arg}; the options are -h, -c, -e LEVEL, -v and --KEY VALUE")
     return options, rest
 
 

@@ -216,6 +216,8 @@ def test_parameter_errors_exit_2_with_one_line_and_no_output(ewald) -> None:
         ("d_mx=20",): "did you mean filter.d_max",
         ("d_max=far",): "filter.d_max=far (command line): invalid value; expected a number or None",
         ("-x",): "unknown option -x",
+        ("--d_max",): "--d_max: give a value",
+        ("--d_mx", "20"): "did you mean filter.d_max",
         ("missing.phil",): "missing.phil: PHIL file not found",
     }
     for args, text in cases.items():
@@ -224,6 +226,12 @@ def test_parameter_errors_exit_2_with_one_line_and_no_output(ewald) -> None:
         assert err.startswith("ewald find_things: error: ") and text in err
         assert err.count("\n") == 1 and "Traceback" not in err
     assert not Path("find_things.log").exists() and not Path("found.json").exists()
+
+
+def test_gnu_style_options_are_parameter_assignments(ewald) -> None:
+    status, out, _ = ewald("find_things", "--d_max", "20", "--d_min=2.5", "-c")
+    assert status == 0
+    assert "d_max = 20" in out and "d_min = 2.5" in out
 
 
 def test_user_error_in_a_step_exits_2_without_traceback(ewald) -> None:
