@@ -82,7 +82,7 @@ def _detector_lines(experiment: Experiment) -> list[str]:
     if d.mask:
         lines.append("  mask: " + ", ".join(_braces(r) for r in d.mask))
     corners, inscribed = _resolution_limits(experiment)
-    lines += ["", f"Max resolution (at corners): {corners:f}"]
+    lines += ["", "", f"Max resolution (at corners): {corners:f}"]
     if inscribed is not None:
         lines.append(f"Max resolution (inscribed):  {inscribed:f}")
     lines.append("")
@@ -101,6 +101,8 @@ def _beam_lines(experiment: Experiment) -> list[str]:
         f"    sigma divergence: {b.sigma_divergence:g}",
         f"    polarization normal: {_braces(b.polarization_normal)}",
         f"    polarization fraction: {b.polarization_fraction:g}",
+        f"    flux: {b.flux:g}",
+        f"    transmission: {b.transmission:g}",
         f"    s0: {_braces(b.s0)}",
         "",
     ]

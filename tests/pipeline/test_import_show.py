@@ -304,3 +304,18 @@ def test_oscillation_override_accepts_headers_with_broken_angles(sweep):
         run_import(sweep)
     (e,) = run_import(sweep, "oscillation=-30,0.5").experiments
     assert e.scan.oscillation == (-30.0, 0.5) and e.scan.image_range == (1, 6)
+
+
+def test_show_resolution_limits_match_dials_show():
+    """dials.show on dials_regression's experiment_1.json (a Pilatus 6M) prints
+    'Max resolution (at corners): 1.008178' and '(inscribed):  1.204283'; the origin here is the
+    printed one (6 significant digits), which moves the inscribed value by up to ~3e-6."""
+    from algorithms.geometry.models import Beam, Detector, Experiment
+
+    experiment = Experiment(beam=Beam(wavelength=0.9795), detector=Detector(
+        origin=(-212.478, 220.002, -190.18), pixel_size=(0.172, 0.172), image_size=(2463, 2527)))
+    lines = show.format_experiments([experiment]).splitlines()
+    assert "Max resolution (at corners): 1.008178" in lines
+    inscribed = next(line for line in lines if line.startswith("Max resolution (inscribed):  "))
+    assert float(inscribed.split()[-1]) == pytest.approx(1.204283, abs=5e-6)
+    assert "    px: (1235.34,1279.08)" in lines
