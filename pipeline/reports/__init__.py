@@ -1,0 +1,1 @@
+"""HTML reports (inline SVG, self-contained)."""
