@@ -156,7 +156,7 @@ class ParameterisedModel:
         if self.scan_varying:
             block, centres = self.block_centres(phi_obs)
             A_b, dA_b, w_b = self.crystal_at(full, centres)
-            q = np.einsum("ij,njk,nk->ni", F, A_b[block], h)
+            q = ((F @ A_b)[block] @ h[:, :, None])[:, :, 0]
         else:
             A, dA = self.crystal_at(full)
             q = h @ (F @ A).T
@@ -173,14 +173,14 @@ class ParameterisedModel:
         dS[sl["Goniometer"]] = dS_l
         crystal_rows = np.r_[sl["Crystal orientation"], sl["Crystal unit cell"]]
         if self.scan_varying:
-            dq_local = np.einsum("ij,nljk,nk->lni", F, dA_b[block], h)  # (L, n, 3)
+            dq_local = np.moveaxis(((F @ dA_b)[block] @ h[:, None, :, None])[..., 0], 1, 0)  # (L, n, 3)
             nv = self.smoother.num_values
             w = w_b[block]  # (n, nv)
             for l in range(dq_local.shape[0]):
                 for j in range(nv):
                     dq[crystal_rows[l * nv + j]] = dq_local[l] * w[:, j:j + 1]
         else:
-            dq[crystal_rows] = np.einsum("ij,ljk,nk->lni", F, dA, h)
+            dq[crystal_rows] = h @ np.swapaxes(F @ dA, 1, 2)
         free = self.free_mask
         return state, q, StateDerivatives(ds0[free], dS[free], dq[free], dD[free])
 

@@ -9,12 +9,13 @@ Derivatives for a parameter p (at fixed φ: dr = dS·S⁻¹·r + S·R·dq):
     ds1 = ds0 + dr + (ê_lab × r)·dφ
     dv  = D⁻¹·(ds1 − dD·v),  dx = (dv₀ − x·dv₂)/v₂,  dy = (dv₁ − y·dv₂)/v₂
 (Sauter et al. 2006, J. Appl. Cryst. 39, 799; Waterman et al. 2016, Acta Cryst. D72, 558.)
-Everything is vectorised over reflections (n) and parameters (P).
+Predictions are vectorised numpy; the derivatives are a numba kernel over reflections.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from algorithms.geometry.prediction import rotation_angles
@@ -80,23 +81,59 @@ def predict_centroids(q: np.ndarray, state: GeometryState, entering: np.ndarray,
     return PredictedCentroids(x, y, phi, s1, valid, r, v)
 
 
+@numba.njit(cache=True, nogil=True)
+def _gradients_kernel(q_dq, phi, r, s1, v, axis, S, axis_lab, ds0, dS_Sinv, D_inv, dD, out):
+    """Per reflection i and parameter p: out[:, i, p] = d(x, y, φ)/dp (formulas in the module
+    docstring); q_dq[p, i] is d(F·A·h)/dp in the φ-axis frame. Explicit 3-vector loops keep
+    the kernel free of allocations."""
+    n_par, n = q_dq.shape[0], q_dq.shape[1]
+    K = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    R = np.empty((3, 3))
+    M = np.empty((3, 3))
+    exr = np.empty(3)
+    dr = np.empty(3)
+    w = np.empty(3)
+    for i in range(n):
+        c, s = np.cos(phi[i]), np.sin(phi[i])
+        # M = S·R(ê, φ) with Rodrigues' R = I cos φ + K sin φ + êêᵀ(1 − cos φ)
+        for a in range(3):
+            for b in range(3):
+                R[a, b] = (c if a == b else 0.0) + K[a, b] * s + axis[a] * axis[b] * (1.0 - c)
+        for a in range(3):
+            for b in range(3):
+                M[a, b] = S[a, 0] * R[0, b] + S[a, 1] * R[1, b] + S[a, 2] * R[2, b]
+        exr[0] = axis_lab[1] * r[i, 2] - axis_lab[2] * r[i, 1]
+        exr[1] = axis_lab[2] * r[i, 0] - axis_lab[0] * r[i, 2]
+        exr[2] = axis_lab[0] * r[i, 1] - axis_lab[1] * r[i, 0]
+        denominator = s1[i, 0] * exr[0] + s1[i, 1] * exr[1] + s1[i, 2] * exr[2]
+        x, y = v[i, 0] / v[i, 2], v[i, 1] / v[i, 2]
+        for p in range(n_par):
+            numerator = 0.0
+            for a in range(3):
+                dr[a] = (M[a, 0] * q_dq[p, i, 0] + M[a, 1] * q_dq[p, i, 1] + M[a, 2] * q_dq[p, i, 2]
+                         + dS_Sinv[p, a, 0] * r[i, 0] + dS_Sinv[p, a, 1] * r[i, 1] + dS_Sinv[p, a, 2] * r[i, 2])
+                numerator += s1[i, a] * dr[a] + r[i, a] * ds0[p, a]
+            dphi = -numerator / denominator
+            for a in range(3):
+                w[a] = (ds0[p, a] + dr[a] + exr[a] * dphi
+                        - (dD[p, a, 0] * v[i, 0] + dD[p, a, 1] * v[i, 1] + dD[p, a, 2] * v[i, 2]))
+            dv0 = D_inv[0, 0] * w[0] + D_inv[0, 1] * w[1] + D_inv[0, 2] * w[2]
+            dv1 = D_inv[1, 0] * w[0] + D_inv[1, 1] * w[1] + D_inv[1, 2] * w[2]
+            dv2 = D_inv[2, 0] * w[0] + D_inv[2, 1] * w[1] + D_inv[2, 2] * w[2]
+            out[0, i, p] = (dv0 - x * dv2) / v[i, 2]
+            out[1, i, p] = (dv1 - y * dv2) / v[i, 2]
+            out[2, i, p] = dphi
+
+
 def centroid_gradients(q: np.ndarray, pred: PredictedCentroids, state: GeometryState, deriv: StateDerivatives):
     """d(x, y, φ)/dp, each of shape (n, P)."""
     S = state.setting_rotation
-    axis_lab = S @ state.axis
-    r, s1, v = pred.r, pred.s1, pred.v
-    # derivative of r at fixed φ
-    rotated_dq = rotate_vectors(state.axis, pred.phi_rad, deriv.dq) @ S.T  # (P, n, 3)
-    dS_Sinv = deriv.dS @ np.linalg.inv(S)  # (P, 3, 3)
-    dr = rotated_dq + np.einsum("pij,nj->pni", dS_Sinv, r)
-    e_cross_r = np.cross(axis_lab, r)  # (n, 3)
-    numerator = np.einsum("nk,pnk->pn", s1, dr) + deriv.ds0 @ r.T  # (P, n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dphi = -numerator / np.sum(s1 * e_cross_r, axis=1)
-    ds1 = deriv.ds0[:, None, :] + dr + e_cross_r[None] * dphi[..., None]
-    D_inv = np.linalg.inv(state.d_matrix)
-    dv = (ds1 - np.einsum("pij,nj->pni", deriv.dD, v)) @ D_inv.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dx = (dv[..., 0] - pred.x_mm * dv[..., 2]) / v[:, 2]
-        dy = (dv[..., 1] - pred.y_mm * dv[..., 2]) / v[:, 2]
-    return dx.T, dy.T, dphi.T
+    n_par, n = deriv.dq.shape[0], len(q)
+    out = np.zeros((3, n, n_par))
+    if n_par and n:
+        _gradients_kernel(
+            np.ascontiguousarray(deriv.dq), pred.phi_rad, pred.r, pred.s1, pred.v, state.axis, S, S @ state.axis,
+            np.ascontiguousarray(deriv.ds0), np.ascontiguousarray(deriv.dS @ np.linalg.inv(S)),
+            np.linalg.inv(state.d_matrix), np.ascontiguousarray(deriv.dD), out,
+        )
+    return out[0], out[1], out[2]

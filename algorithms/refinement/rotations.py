@@ -25,7 +25,7 @@ def rotate_vectors(axis: np.ndarray, phi_rad: np.ndarray, v: np.ndarray) -> np.n
     c = np.cos(phi_rad)[:, None]
     s = np.sin(phi_rad)[:, None]
     along = (v @ axis)[..., None] * axis
-    return v * c + np.cross(axis, v) * s + along * (1.0 - c)
+    return v * c + (v @ skew(axis).T) * s + along * (1.0 - c)
 
 
 def xyz_angles_from_rotation(R: np.ndarray) -> np.ndarray:

@@ -79,16 +79,17 @@ def simulate_reflections(
     rng = np.random.default_rng(seed)
     crystal, scan = experiment.crystal, experiment.scan
     hkl_all = miller_indices_to_d_min(crystal.A, d_min)
+    pred = predict_rotation(hkl_all, crystal.A, experiment.beam, experiment.detector, experiment.goniometer, scan)
     if drift_orientation_deg or drift_cell_fraction:
         A_img = _A_per_image(experiment, drift_orientation_deg, drift_cell_fraction)
         parts = []
         for k, A in enumerate(A_img):
-            p = predict_rotation(hkl_all, A, experiment.beam, experiment.detector, experiment.goniometer, scan)
             z0 = scan.array_range[0] + k
+            # only reflections near this image can cross it under a small drift
+            nearby = np.unique(pred.miller_index[np.abs(pred.z_px - z0 - 0.5) < 4.0], axis=0)
+            p = predict_rotation(nearby, A, experiment.beam, experiment.detector, experiment.goniometer, scan)
             parts.append(p.select((p.z_px >= z0) & (p.z_px < z0 + 1)))
         pred = type(parts[0])(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in parts[0].__dict__})
-    else:
-        pred = predict_rotation(hkl_all, crystal.A, experiment.beam, experiment.detector, experiment.goniometer, scan)
     if n_reflections is not None and len(pred) > n_reflections:
         pred = pred.select(np.sort(rng.choice(len(pred), n_reflections, replace=False)))
     true_px = pred.xyzcal_px
