@@ -32,7 +32,8 @@ class StrongPixels:
 
     ``z`` is the absolute 0-based image (array) index; ``value`` the corrected counts;
     ``label`` runs 0 … n_components−1 in order of each component's first pixel;
-    ``strong_per_image`` counts the strong pixels of images first_z, first_z+1, ….
+    ``strong_per_image`` counts the strong pixels of images first_z, first_z+1, …;
+    ``rejected_images`` marks images with too many strong pixels, whose pixels are left out.
     """
 
     first_z: int
@@ -43,6 +44,7 @@ class StrongPixels:
     label: np.ndarray
     n_components: int
     strong_per_image: np.ndarray
+    rejected_images: np.ndarray
 
     @property
     def n_images(self) -> int:
@@ -95,7 +97,7 @@ def _label_roots(parent, n):
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels_in_chunk(
     raw_chunk, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
-    kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
+    kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended, max_strong,
     sat_count, sat_sum, sat_sumsq, sat_not_dispersed, sat_core_count, sat_core_sum, flags,
 ):
     n_images, n_slow, n_fast = raw_chunk.shape
@@ -111,6 +113,7 @@ def _strong_pixels_in_chunk(
     values = np.empty(capacity, np.float32)
     parent = np.empty(capacity, np.int32)
     strong_per_image = np.zeros(n_images, np.int64)
+    rejected = np.zeros(n_images, np.bool_)
     n = 0
     for z in range(n_images):
         image = raw_chunk[z]
@@ -120,6 +123,11 @@ def _strong_pixels_in_chunk(
             valid, strong, sat_count, sat_sum, sat_sumsq, sat_not_dispersed, sat_core_count, sat_core_sum, flags,
         )
         strong_per_image[z] = n_strong
+        if n_strong > max_strong:
+            # DIALS stops here; one corrupted image should not lose the whole sweep
+            rejected[z] = True
+            strong[:, :] = False
+            n_strong = 0
         if n + n_strong > capacity:
             capacity = max(2 * capacity, n + n_strong)
             zs = _grow(zs, capacity)
@@ -147,7 +155,7 @@ def _strong_pixels_in_chunk(
         strong, previous_strong = previous_strong, strong
         index, previous_index = previous_index, index
     label, n_components = _label_roots(parent, n)
-    return zs[:n].copy(), ys[:n].copy(), xs[:n].copy(), values[:n].copy(), label, n_components, strong_per_image
+    return zs[:n].copy(), ys[:n].copy(), xs[:n].copy(), values[:n].copy(), label, n_components, strong_per_image, rejected
 
 
 def strong_pixels_in_chunk(
@@ -159,11 +167,14 @@ def strong_pixels_in_chunk(
     pedestal: float = 0.0,
     panel_gain: float = 1.0,
     gain_map: np.ndarray | None = None,
+    max_strong_pixel_fraction: float = 1.0,
 ) -> StrongPixels:
     """Threshold a chunk of raw images (n_images, slow, fast) and label its strong pixels in 3D.
 
     ``first_z`` is the 0-based array index of the chunk's first image; ``static_mask`` (slow,
-    fast) is True for pixels to use (detector, user and resolution masks). Runs without the GIL.
+    fast) is True for pixels to use (detector, user and resolution masks). An image with more
+    than ⌈max_strong_pixel_fraction × pixels⌉ strong pixels is marked rejected and contributes
+    none. Runs without the GIL.
     """
     raw_chunk = np.ascontiguousarray(raw_chunk)
     if raw_chunk.ndim != 3:
@@ -173,15 +184,16 @@ def strong_pixels_in_chunk(
         gain_map = np.full((n_slow, n_fast), parameters.gain_value)
     work = ThresholdWork(n_slow, n_fast)
     kx, ky = parameters.kernel_size
-    z, y, x, value, label, n_components, per_image = _strong_pixels_in_chunk(
+    max_strong = int(np.ceil(max_strong_pixel_fraction * n_slow * n_fast))
+    z, y, x, value, label, n_components, per_image, rejected = _strong_pixels_in_chunk(
         raw_chunk, np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),
         float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
-        float(parameters.global_threshold), parameters.extended,
+        float(parameters.global_threshold), parameters.extended, max_strong,
         work.sat_count, work.sat_sum, work.sat_sumsq, work.sat_not_dispersed, work.sat_core_count, work.sat_core_sum,
         work.flags,
     )
-    return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image)
+    return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image, rejected)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -238,4 +250,5 @@ def join_chunks(chunks: list[StrongPixels], n_fast: int) -> StrongPixels:
         label=np.concatenate([component_label[c.label + offsets[k]] for k, c in enumerate(chunks)]).astype(np.int32),
         n_components=int(n_components),
         strong_per_image=np.concatenate([c.strong_per_image for c in chunks]),
+        rejected_images=np.concatenate([c.rejected_images for c in chunks]),
     )

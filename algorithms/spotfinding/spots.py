@@ -39,6 +39,7 @@ class FoundSpots:
 
     reflections: ReflectionTable
     strong_per_image: np.ndarray  # strong pixels on each image of the scan
+    rejected_images: np.ndarray  # images left out for too many strong pixels
     n_extracted: int
     n_too_small: int
     n_too_large: int
@@ -126,6 +127,7 @@ def spots_from_strong_pixels(
     return FoundSpots(
         reflections=table,
         strong_per_image=pixels.strong_per_image,
+        rejected_images=pixels.rejected_images,
         n_extracted=len(spots),
         n_too_small=int(too_small.sum()),
         n_too_large=int(too_large.sum()),
@@ -141,6 +143,7 @@ def find_spots(
     spot_filter: SpotFilter = SpotFilter(),
     chunk_images: int | None = None,
     trusted_range: tuple[float, float] = (-1.0, 65535.0),
+    max_strong_pixel_fraction: float = 1.0,
     **table_options,
 ) -> FoundSpots:
     """Spot finding on an in-memory stack (n_images, slow, fast) in chunks of ``chunk_images``
@@ -149,7 +152,8 @@ def find_spots(
     """
     step = chunk_images or len(images)
     chunks = [
-        strong_pixels_in_chunk(images[start : start + step], first_z + start, mask, parameters, trusted_range)
+        strong_pixels_in_chunk(images[start : start + step], first_z + start, mask, parameters, trusted_range,
+                               max_strong_pixel_fraction=max_strong_pixel_fraction)
         for start in range(0, len(images), step)
     ]
     return spots_from_strong_pixels(join_chunks(chunks, images.shape[2]), spot_filter, **table_options)

@@ -18,7 +18,6 @@ from typing import Literal
 import dask
 import numpy as np
 
-from algorithms.errors import DataError
 from algorithms.geometry.models import Experiment
 from algorithms.reflection_table import ReflectionTable
 from algorithms.spotfinding import (
@@ -164,15 +163,6 @@ def spot_filter(experiment: Experiment, params: Params) -> SpotFilter:
 # --------------------------------------------------------------------------------- the graph
 
 
-def _check_strong_fraction(found: FoundSpots, first_image: int, n_pixels: int, fraction: float) -> None:
-    worst = int(np.argmax(found.strong_per_image)) if len(found.strong_per_image) else 0
-    if len(found.strong_per_image) and found.strong_per_image[worst] > fraction * n_pixels:
-        raise DataError(
-            f"image {first_image + worst}: {found.strong_per_image[worst]} of {n_pixels} pixels are strong "
-            f"(more than max_strong_pixel_fraction={fraction}); check the mask and gain, or raise "
-            "sigma_strong or global_threshold")
-
-
 def _spots_of_sweep(chunks, n_fast: int, spot_limits: SpotFilter, experiment_id: int, identifier: str,
                     shoeboxes: bool) -> FoundSpots:
     return spots_from_strong_pixels(join_chunks(list(chunks), n_fast), spot_limits, panel=0,
@@ -193,7 +183,8 @@ def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int 
     starts = np.cumsum((0,) + stack.data.chunks[0][:-1])
     find_in_chunk = dask.delayed(strong_pixels_in_chunk, pure=True)
     chunks = [
-        find_in_chunk(block, first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal, detector.gain)
+        find_in_chunk(block, first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal,
+                      detector.gain, max_strong_pixel_fraction=params.spotfinder.filter.max_strong_pixel_fraction)
         for block, start in zip(stack.data.to_delayed().ravel(), starts)
     ]
     return dask.delayed(_spots_of_sweep, pure=True)(
@@ -212,13 +203,13 @@ def run(experiments: list[Experiment], reflections: ReflectionTable | None, para
     results = dask.compute(*graphs)
     summary = {"imagesets": []}
     for experiment, found in zip(experiments, results):
-        n_fast, n_slow = experiment.detector.image_size
         first_image = experiment.scan.image_range[0]
-        _check_strong_fraction(found, first_image, n_fast * n_slow, params.spotfinder.filter.max_strong_pixel_fraction)
         table = found.reflections
         summary["imagesets"].append({
             "first_image": first_image,
             "strong_pixels_per_image": found.strong_per_image.tolist(),
+            "rejected_images": (first_image + np.flatnonzero(found.rejected_images)).tolist(),
+            "max_strong_pixel_fraction": params.spotfinder.filter.max_strong_pixel_fraction,
             "n_extracted": found.n_extracted,
             "n_too_small": found.n_too_small,
             "n_too_large": found.n_too_large,
@@ -242,6 +233,9 @@ def format_find_spots_log(summary: dict) -> str:
         lines += [RULE, f"Finding strong spots in imageset {index}", RULE, ""]
         first = s["first_image"]
         lines += [f"Found {n} strong pixels on image {first + i}" for i, n in enumerate(s["strong_pixels_per_image"])]
+        lines += [f"Warning: image {image} has more strong pixels than max_strong_pixel_fraction="
+                  f"{s['max_strong_pixel_fraction']} allows (DIALS stops here); it is left out of spot finding"
+                  for image in s["rejected_images"]]
         lines += [
             "",
             f"Extracted {s['n_extracted']} spots",

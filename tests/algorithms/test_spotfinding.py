@@ -156,6 +156,23 @@ def test_results_do_not_depend_on_chunking():
                 np.testing.assert_array_equal(other[name], first[name], err_msg=name)
 
 
+def test_image_with_too_many_strong_pixels_is_left_out(stack):
+    """A scrambled image makes nearly every pixel strong; with max_strong_pixel_fraction it is
+    rejected and the result equals that of a blank image in its place."""
+    mask = np.ones(stack.shape[1:], bool)
+    scrambled = stack.copy()
+    scrambled[9] = np.random.default_rng(1).uniform(0, 2000, stack.shape[1:]).astype(np.float32)
+    blank = stack.copy()
+    blank[9] = 0
+    found = find_spots(scrambled, 0, mask, chunk_images=4, max_strong_pixel_fraction=0.25)
+    reference = find_spots(blank, 0, mask, chunk_images=4)
+    assert found.strong_per_image[9] > 0.25 * mask.size
+    np.testing.assert_array_equal(np.flatnonzero(found.rejected_images), [9])
+    assert not reference.rejected_images.any()
+    for name in ("bbox", "xyzobs.px.value", "n_signal"):
+        np.testing.assert_array_equal(found.reflections[name], reference.reflections[name])
+
+
 # ------------------------------------------------------------------------------- centroids
 
 
