@@ -489,7 +489,7 @@ def setting_for_space_group(
     target = bravais_type_of_space_group(space_group)
     matches = [
         s
-        for best_beta in (False, True)
+        for best_beta in ((False, True) if target == "mC" and space_group.centring_type() == "I" else (False,))
         for s in bravais_settings(cell, max_delta_deg, best_monoclinic_beta=best_beta)
         if s.bravais == target
     ]
