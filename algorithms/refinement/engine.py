@@ -69,8 +69,8 @@ def minimise(
     N = ev.weighted_jacobian.T @ ev.weighted_jacobian
     g = ev.weighted_jacobian.T @ ev.weighted_residuals
     mu, nu = 1e-3 * float(np.max(np.diag(N))), 2.0
+    lm = engine == "LevMar"
     for _ in range(max_iterations):
-        lm = engine == "LevMar"
         matrix = N + mu * np.eye(len(x)) if lm else N
         try:
             delta = np.linalg.solve(matrix, -g)
@@ -79,11 +79,20 @@ def minimise(
         if _step_too_small(delta, x):
             termination = "Step too small"
             break
-        trial = evaluate(x + delta)
+        try:
+            trial = evaluate(x + delta)
+        except np.linalg.LinAlgError:  # e.g. a step to a metric tensor that is not positive definite
+            trial = None
+        if trial is None and not lm:
+            termination = "Step to an invalid model"
+            break
         if lm:
-            actual = 0.5 * (ev.weighted_residuals @ ev.weighted_residuals - trial.weighted_residuals @ trial.weighted_residuals)
-            expected = 0.5 * float(delta @ (mu * delta - g))
-            rho = actual / expected if expected > 0 else -1.0
+            if trial is None:
+                rho = -1.0
+            else:
+                actual = 0.5 * (ev.weighted_residuals @ ev.weighted_residuals - trial.weighted_residuals @ trial.weighted_residuals)
+                expected = 0.5 * float(delta @ (mu * delta - g))
+                rho = actual / expected if expected > 0 else -1.0
             if rho <= 0:
                 mu *= nu
                 nu *= 2.0

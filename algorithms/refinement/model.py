@@ -129,13 +129,14 @@ class ParameterisedModel:
         nv = self.smoother.num_values
         o_local = w @ o_vals.reshape(-1, nv).T  # (m, 3)
         c_local = w @ c_vals.reshape(-1, nv).T
-        As, dAs = zip(*(self._compose_crystal(o, c) for o, c in zip(o_local, c_local)))
-        return np.array(As), np.array(dAs), w
+        A, dA = self._compose_crystal(o_local, c_local)
+        return A, dA, w
 
     def _compose_crystal(self, o_vals, c_vals):
+        """A = U·B and dA/d(local params) (…, 3 + k, 3, 3), vectorised over leading axes."""
         U, dU = self.orientation.compose(o_vals)
         B, dB = self.cell.compose(c_vals)
-        return U @ B, np.concatenate([dU @ B, U @ dB])
+        return U @ B, np.concatenate([dU @ B[..., None, :, :], U[..., None, :, :] @ dB], axis=-3)
 
     def state(self, full: np.ndarray) -> tuple[GeometryState, np.ndarray, np.ndarray, np.ndarray]:
         """Geometry state and local derivatives ds0 (3, 3), dS (2, 3, 3), dD (6, 3, 3)."""

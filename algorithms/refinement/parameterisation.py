@@ -67,10 +67,13 @@ class OrientationParameterisation:
         self.initial_values = np.zeros(3)
 
     def compose(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        P1, P2, P3 = (_rot(a, v) for a, v in zip(self.axes, values))
+        """U and dU/dp (3, 3, 3); vectorised: values (..., 3) → U (..., 3, 3), dU (..., 3, 3, 3)."""
+        values = np.asarray(values, dtype=float)
+        P1, P2, P3 = (rotation_matrix(a, values[..., k] * MRAD) for k, a in enumerate(self.axes))
         K1, K2, K3 = (skew(a) * MRAD for a in self.axes)
-        U = P3 @ P2 @ P1 @ self.U0
-        dU = np.array([P3 @ P2 @ K1 @ P1 @ self.U0, P3 @ K2 @ P2 @ P1 @ self.U0, K3 @ U])
+        P21U0 = P2 @ P1 @ self.U0
+        U = P3 @ P21U0
+        dU = np.stack([P3 @ P2 @ K1 @ P1 @ self.U0, P3 @ K2 @ P21U0, K3 @ U], axis=-3)
         return U, dU
 
 

@@ -74,16 +74,18 @@ def metric_basis(space_group: gemmi.SpaceGroup) -> tuple[np.ndarray, list[int]]:
 
 
 def b_from_metric(g_star: np.ndarray) -> np.ndarray:
-    """The lower-triangular B (positive diagonal) with BᵀB = G*."""
+    """The lower-triangular B (positive diagonal) with BᵀB = G*; vectorised over leading axes."""
     flip = np.eye(3)[::-1]
     L = np.linalg.cholesky(flip @ g_star @ flip)  # flip·G*·flip = L·Lᵀ, L lower
-    return flip @ L.T @ flip
+    return flip @ np.swapaxes(L, -1, -2) @ flip
 
 
 def db_from_dmetric(B: np.ndarray, dg_star: np.ndarray) -> np.ndarray:
-    """dB for a change dG* (..., 3, 3) of G* = BᵀB with B lower triangular."""
+    """dB for changes dG* (k, 3, 3) of G* = BᵀB with B (..., 3, 3) lower triangular;
+    returns (..., k, 3, 3)."""
+    B = B[..., None, :, :]
     B_inv = np.linalg.inv(B)
-    M = B_inv.T @ dg_star @ B_inv
+    M = np.swapaxes(B_inv, -1, -2) @ dg_star @ B_inv
     X = np.tril(M, -1) + 0.5 * np.eye(3) * np.diagonal(M, axis1=-2, axis2=-1)[..., None, :]
     return X @ B
 
@@ -131,7 +133,7 @@ class MetricTensorParameterisation:
         return sym_from_vec6(np.asarray(values) @ self.basis / G_SCALE)
 
     def compose(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """B and dB/dp (k, 3, 3) at the parameter values."""
+        """B and dB/dp (k, 3, 3) at the parameter values; vectorised over leading axes."""
         B = b_from_metric(self.metric(values))
         return B, db_from_dmetric(B, self.dg_star_dp)
 
