@@ -5,7 +5,7 @@ multiplicity against resolution, plotted on a 1/d² axis labelled in Å), and fo
 dict built by ``pipeline.steps.scale`` with the keys
 
 - ``models``: per crystal ``{"label", "image", "scale", "b_factor"}`` (model curves against image);
-- ``filtering`` (optional): ``{"delta_cc_half": [...], "cutoff": x, "mode": ..., "cycles": [...],
+- ``filtering`` (optional): ``{"delta_cc_half": [...], "cutoff": x (first cycle), "mode": ..., "cycles": [...],
   "removed_image_ranges": [[label, first, last], ...], "removed_datasets": [label, ...]}``;
 - ``error_model`` (optional): ``{"a", "b", "normal_quantiles": [...], "deviations": [...]}`` (sorted).
 """
@@ -47,9 +47,12 @@ def _model_plots(models: list[dict]) -> str:
 def _filtering_section(filtering: dict) -> str:
     values = np.asarray(filtering["delta_cc_half"], float) * 100
     cutoff = filtering["cutoff"] * 100
-    histogram = histogram_svg(values, Axes(f"ΔCC½ of {filtering['mode']} groups (last cycle)", "ΔCC½ × 100", "Groups",
+    histogram = histogram_svg(values, Axes(f"ΔCC½ of {filtering['mode']} groups (first cycle)", "ΔCC½ × 100", "Groups",
                                            vertical_lines=[(cutoff, "cutoff")]), n_bins=40)
-    parts = [plots_html([histogram])]
+    per_group = plot_svg([Series("ΔCC½", np.arange(len(values)), values, kind="points"),
+                          Series("cutoff", [0, max(len(values) - 1, 1)], [cutoff, cutoff])],
+                         Axes("ΔCC½ per group (first cycle)", "Group (crystal by crystal, image order)", "ΔCC½ × 100"))
+    parts = [plots_html([histogram, per_group])]
     if filtering.get("cycles"):
         parts.append(table_html(["Cycle", "Reflections removed", "Cumulative % removed", "CC½", "Completeness (%)"],
                                 [[c["cycle"], c["n_removed"], f"{c['cumulative_percent_removed']:.2f}",
