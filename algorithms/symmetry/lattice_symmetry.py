@@ -246,7 +246,7 @@ def _best_by_beta(settings: list[np.ndarray], G: np.ndarray) -> np.ndarray:
     def key(P):
         beta = _angle_deg(G, P[0], P[2])
         a, c = np.sqrt(P[0] @ G @ P[0]), np.sqrt(P[2] @ G @ P[2])
-        return (round(beta, 3), round(a + c, 3), a > c + 1e-6, -np.trace(P), -P.sum())
+        return (round(beta, 3), round(a + c, 3), a > c + 1e-6, -P.sum(), -np.trace(P))
 
     return min(settings, key=key)
 
@@ -277,7 +277,7 @@ def _right_handed_sign_choice(P: np.ndarray) -> np.ndarray:
         Q = P * np.array(signs)[:, None]
         if np.linalg.det(Q) > 0:
             options.append(Q)
-    return max(options, key=lambda Q: (np.trace(Q), Q.sum()))
+    return max(options, key=lambda Q: (Q.sum(), np.trace(Q)))
 
 
 def _centring(P: np.ndarray) -> str:
@@ -323,7 +323,7 @@ def _axis_system(
             continue
         for R in (rotation, np.rint(np.linalg.inv(rotation)).astype(int)):
             b = R @ a
-            if abs(_angle_deg(G, a, b) - gamma_deg) > 1e-3 and gamma_deg != 90.0:
+            if abs(_angle_deg(G, a, b) - gamma_deg) > 10.0:  # the metric is only nearly symmetric
                 continue
             for sign in (1, -1):
                 P = np.array([sign * a, sign * b, c])
@@ -350,13 +350,13 @@ def _conventional_setting(
     if order == 8:
         four = by_order[4][0]
         cells = _axis_system(four, four, [W for W in two_folds if not np.array_equal(_axis(W), _axis(four))], G, 90.0)
-        P = min(cells, key=lambda P: (round(abs(np.linalg.det(P))), -np.trace(P), -P.sum()))
+        P = min(cells, key=lambda P: (round(abs(np.linalg.det(P))), -P.sum(), -np.trace(P)))
         return "t" + _centring(P), P
     if order == 12:
         six = by_order[6][0]
         three = np.rint(six @ six).astype(int)
         cells = _axis_system(six, three, two_folds, G, 120.0)
-        P = min(cells, key=lambda P: (round(abs(np.linalg.det(P))), -np.trace(P), -P.sum()))
+        P = min(cells, key=lambda P: (round(abs(np.linalg.det(P))), -P.sum(), -np.trace(P)))
         return ("hP", P) if round(abs(np.linalg.det(P))) == 1 else None
     if order == 6:
         three = by_order[3][0]
@@ -378,22 +378,14 @@ def _conventional_setting(
     return None
 
 
-def _is_conjugate(H1: list[np.ndarray], H2: list[np.ndarray], group: list[np.ndarray]) -> bool:
-    keys2 = {tuple(W.ravel()) for W in H2}
-    for g in group:
-        g_inv = np.rint(np.linalg.inv(g)).astype(int)
-        if {tuple((g @ W @ g_inv).ravel()) for W in H1} == keys2:
-            return True
-    return False
-
-
 def bravais_settings(
     cell: gemmi.UnitCell | tuple,
     max_delta_deg: float = 5.0,
     best_monoclinic_beta: bool = True,
     enforce_max_delta_for_generated_two_folds: bool = True,
 ) -> list[BravaisSetting]:
-    """Every Bravais-type subgroup of the lattice symmetry of a primitive cell, highest symmetry first.
+    """Every Bravais-type subgroup of the lattice symmetry of a primitive cell, worst metric fit first
+    (then higher symmetry first), as DIALS' table lists them.
 
     Each entry has the cb_op from the *input* cell to its best conventional setting, the
     symmetrised cell in that setting and the metric fit (largest δ of its two-folds).
@@ -403,7 +395,7 @@ def bravais_settings(
     reduced, to_reduced = niggli_reduce_cell(cell)
     G = _metric(reduced)
     M = np.linalg.cholesky(G)  # any basis with this metric gives the same δ
-    group, two_folds = lattice_group(reduced, max_delta_deg, enforce_max_delta_for_generated_two_folds)
+    _, two_folds = lattice_group(reduced, max_delta_deg, enforce_max_delta_for_generated_two_folds)
     subgroups: list[list[np.ndarray]] = []
     for size in range(0, len(two_folds) + 1):
         for subset in itertools.combinations(two_folds, size):
@@ -414,12 +406,10 @@ def bravais_settings(
             if any({tuple(W.ravel()) for W in K} == keys for K in subgroups):
                 continue
             subgroups.append(H)
-    classes: list[list[np.ndarray]] = []
-    for H in subgroups:
-        if not any(len(K) == len(H) and _is_conjugate(H, K, group) for K in classes):
-            classes.append(H)
     settings = []
-    for H in classes:
+    # Conjugate subgroups are kept apart (as cctbx/DIALS list them): with an only nearly
+    # symmetric metric they fit differently.
+    for H in subgroups:
         conventional = _conventional_setting(H, G, best_monoclinic_beta)
         if conventional is None:
             continue
@@ -438,7 +428,7 @@ def bravais_settings(
                 rotations=np.array(H),
             )
         )
-    settings.sort(key=lambda s: (-len(s.rotations), s.max_delta_deg))
+    settings.sort(key=lambda s: (-round(s.max_delta_deg, 4), -len(s.rotations)))
     return settings
 
 
