@@ -226,7 +226,10 @@ class _Macrocycle:
         rows = self.rows[valid]
         outlier = reject_outliers(delta[valid], self.data.obs[rows, 2], self.options.outlier_algorithm)
         self.outliers = rows[outlier]
-        self.rows = rows[~outlier]
+        # the working set is sampled after outlier rejection, as in DIALS' ReflectionManager
+        scan = self.experiment.scan
+        width_deg = abs(scan.oscillation_range_deg[1] - scan.oscillation_range_deg[0])
+        self.rows = sample_rows(rows[~outlier], width_deg, self.options.reflections_per_degree)
 
     def auto_reduce(self) -> None:
         action, per_param = self.options.auto_reduction_action, self.options.min_nref_per_parameter
@@ -338,9 +341,7 @@ def refine(experiment: Experiment, reflections: ReflectionTable, options: Refine
     data = _observations(experiment, reflections)
     n = len(data.hkl)
     scan = experiment.scan
-    width_deg = abs(scan.oscillation_range_deg[1] - scan.oscillation_range_deg[0])
-    usable = np.nonzero(usable_rows(experiment, reflections, options.close_to_spindle_cutoff))[0]
-    rows = sample_rows(usable, width_deg, options.reflections_per_degree)
+    rows = np.nonzero(usable_rows(experiment, reflections, options.close_to_spindle_cutoff))[0]
     if len(rows) == 0:
         raise DataError("refinement: no usable indexed reflections (check miller_index, id and xyzobs.mm.value)")
 

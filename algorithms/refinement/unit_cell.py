@@ -18,7 +18,6 @@ G_SCALE = 1.0e5
 
 # vec6 order of the symmetric matrix elements: G11, G22, G33, G12, G13, G23
 _PAIRS = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
-PARAMETER_LABELS = ("a*²", "b*²", "c*²", "a*·b*", "a*·c*", "b*·c*")
 
 
 def sym_from_vec6(v: np.ndarray) -> np.ndarray:
