@@ -46,7 +46,7 @@ class RefinementOptions:
     unit_cell_restraints: list[tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=list)  # tie_to_target (values, sigmas)
     scan_varying: bool = False
     interval_width_degrees: float = 36.0
-    auto_reduction_action: str = "fail"  # "fix", "remove"
+    auto_reduction_action: str = "fail"  # "fix"; "remove" acts as "fix" (one experiment: no other reflections to keep)
     min_nref_per_parameter: int = 5
     engine: str = "LevMar"  # "GaussNewton"
 
@@ -186,6 +186,9 @@ def _fixed_masks(options: RefinementOptions) -> dict[str, np.ndarray]:
 
 
 class _Macrocycle:
+    """One refinement run: first prediction, outlier rejection, working-set sampling,
+    auto-reduction, restraints, then the engine."""
+
     def __init__(self, experiment: Experiment, data: _Observations, rows: np.ndarray, options: RefinementOptions, scan_varying: bool):
         self.model = ParameterisedModel(experiment, _fixed_masks(options), scan_varying, options.interval_width_degrees)
         self.data, self.options, self.experiment = data, options, experiment
@@ -193,9 +196,10 @@ class _Macrocycle:
         self.restraints = None
         self.outliers = np.zeros(0, int)
 
-    # residuals of the current working rows
-    def evaluate(self, x: np.ndarray, rows: np.ndarray | None = None, with_jacobian: bool = True) -> tuple[Evaluation, np.ndarray, object]:
-        rows = self.rows if rows is None else rows
+    def evaluate(self, x: np.ndarray, with_jacobian: bool = True) -> tuple[Evaluation, np.ndarray, np.ndarray]:
+        """Weighted residuals (x block, y block, φ block, restraints) and Jacobian of the working
+        rows, their unweighted residuals (n, 3) and which predictions are valid."""
+        rows = self.rows
         d = self.data
         full = self.model.full_values(x)
         state, q, deriv = self.model.evaluate(full, d.hkl[rows], d.obs[rows, 2], with_jacobian)
