@@ -115,7 +115,8 @@ class _DriftingLattice:
         self.axis = gonio.rotation_axis
         self.s0_axis = np.linalg.solve(gonio.setting_rotation, plan.beam.s0)
         # (n, N+1, 3): each reflection's vector at every image boundary
-        self.points = np.einsum("ij,kjl,nl->nki", gonio.fixed_rotation, plan.crystal.A_at_scan_points, h)
+        FA = gonio.fixed_rotation @ plan.crystal.A_at_scan_points
+        self.points = np.ascontiguousarray((h @ FA.transpose(0, 2, 1)).transpose(1, 0, 2))
 
     def r0(self, rows: np.ndarray, phi: np.ndarray) -> np.ndarray:
         n_points = self.points.shape[1]
@@ -171,6 +172,24 @@ def _solve_with_drift(lattice: _DriftingLattice, phi_static: np.ndarray, r0_stat
     return 0.5 * (lo + hi), ok
 
 
+def _may_reach_scan(static, plan: CrystalPlan, spec: SimulationSpec) -> np.ndarray:
+    """Static predictions whose rocking curve can reach the scan's images and whose spot can
+    reach the panel, with room for the drift (which moves spots by ≪ 10 px and angles by
+    ≪ 1° except near the axis, where the rocking curve is wide anyway)."""
+    nf, ns = plan.detector.image_size
+    size = max(nf, ns)
+    margin_px = 10.0 + size * (np.radians(abs(spec.drift_rotation_deg)) + abs(spec.drift_cell_percent) / 100.0)
+    margin_deg = 1.0 + abs(spec.drift_rotation_deg)
+    zeta = np.abs(kabsch_zeta(static.s1, plan.beam.s0, plan.goniometer.rotation_axis_lab))
+    reach_deg = ROCKING_HALF_WIDTH_SIGMAS * spec.sigma_m / np.maximum(zeta, MIN_ZETA) + margin_deg
+    z = plan.scan.array_index_from_angle(np.degrees(static.phi_rad)) - (plan.scan.image_range[0] - 1)
+    outside_images = np.maximum(-z, z - plan.scan.num_images)
+    x, y = static.xy_px[:, 0], static.xy_px[:, 1]
+    with np.errstate(invalid="ignore"):
+        near_panel = (x > -margin_px) & (x < nf + margin_px) & (y > -margin_px) & (y < ns + margin_px)
+    return near_panel & (outside_images * spec.oscillation_width <= reach_deg)
+
+
 def _predict(plan: CrystalPlan, spec: SimulationSpec, d_min: float):
     """Every crossing of the Ewald sphere near the scan, with each observation at its own A(z)."""
     gonio, beam, scan = plan.goniometer, plan.beam, plan.scan
@@ -178,6 +197,7 @@ def _predict(plan: CrystalPlan, spec: SimulationSpec, d_min: float):
     hkl = hkl[~is_systematically_absent(hkl, plan.crystal.space_group)]
     static = predict_rotation(hkl, plan.crystal.A, beam, plan.detector, gonio, _extended_scan(plan, spec),
                               require_on_panel=False)
+    static = static.select(_may_reach_scan(static, plan, spec))
     h = static.miller_index.astype(float)
     lattice = _DriftingLattice(plan, h)
     drifts = not np.allclose(plan.crystal.A_at_scan_points, plan.crystal.A, rtol=0.0, atol=1e-15)

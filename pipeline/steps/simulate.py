@@ -1,0 +1,409 @@
+"""``ewald simulate``: rotation-diffraction images (electron or X-ray) with exact ground truth.
+
+``ewald simulate preset=myd88 sim/`` writes, into the folder ``sim/``:
+
+- ``<i>/00001.img …`` — SMV Timepix SU images of crystal i (1-based folders), headers as the
+  real detector writes them (header DISTANCE may differ from the true distance; no axis);
+- ``<i>/truth.json`` — the true geometry, crystal, scan and nuisance parameters (schema below);
+- ``<i>/truth.expt`` — the true models as a DIALS experiment list (scan-varying A included);
+- ``<i>/truth_observations.npz`` — one row per observation (:class:`Observations` fields);
+- ``true_merged.mtz`` — the true merged intensities (IMEAN, SIGIMEAN = 1) in the ASU;
+- ``simulation.json`` — the resolved settings and a per-crystal summary.
+
+Everything is written into a hidden temporary folder beside the output and renamed at the end,
+so a failed run leaves nothing behind. Crystals run in ``nproc`` threads (the numba kernels
+release the GIL); results do not depend on ``nproc``.
+
+Truth identity for every observation (see :mod:`algorithms.simulate.observations`):
+``counts = intensity_true · scale_factor · decay · dynamical_factor · partiality / lp``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gemmi
+import numpy as np
+
+from algorithms.geometry.models import Experiment, unit_cell_from_a_matrix
+from algorithms.reflection_table import ReflectionTable
+from algorithms.simulate import PRESETS, SimulatedCrystal, SimulationSpec, make_structures, plan_crystals, simulate_crystal
+from algorithms.simulate.observations import Observations
+from algorithms.simulate.spec import CrystalPlan
+from algorithms.simulate.structure import StructureModel
+from pipeline.errors import EwaldError, InputFileError, ParameterError
+from pipeline.formats.smv import timepix_su_header, write_smv_image
+from pipeline.params import param
+from pipeline.steps import StepResult
+
+NAME = "simulate"
+HELP = "Simulate rotation-diffraction images (ED or X-ray) of many crystals with exact ground truth."
+
+logger = logging.getLogger(__name__)
+
+TRUTH_FORMAT = "ewald-simulation-truth"
+TRUTH_VERSION = 1
+IMAGE_TEMPLATE = "{:05d}.img"
+# first image of crystal 1: 2019-06-03 12:00:00 UTC; crystals start an hour apart
+_BASE_EPOCH_S = 1559563200.0
+
+
+@dataclass
+class Params:
+    preset: Literal["myd88", "tiny", "xray"] = param(
+        "myd88", "Starting point for every setting left at None: 'myd88' (18 × 72 ED images as the MyD88 "
+                 "tutorial), 'tiny' (2 × 24, for quick tests) or 'xray' (lysozyme, 1 Å).")
+    n_crystals: int | None = param(None, "Number of crystals (one sweep each).")
+    n_images: int | None = param(None, "Images per sweep.")
+    unit_cell: tuple[float, ...] | None = param(None, "True unit cell a,b,c,alpha,beta,gamma (Å, degrees).")
+    space_group: str | None = param(None, "True space group, e.g. C2 or P43212.")
+    wavelength: float | None = param(None, "Wavelength (Å).")
+    distance: float | None = param(None, "True detector distance (mm).")
+    header_distance: float | None = param(
+        None, "DISTANCE written into the image headers (mm); None = the preset's (myd88: 2.193 as the real files), "
+              "or the true distance.")
+    image_size: tuple[int, int] | None = param(None, "Detector pixels fast,slow.")
+    pixel_size: float | None = param(None, "Pixel size (mm).")
+    beam_centre_px: tuple[float, float] | None = param(None, "Mean beam centre fast,slow (pixels).")
+    beam_centre_jitter_px: float | None = param(None, "Per-crystal beam-centre spread (± pixels).")
+    rotation_axis: tuple[float, float, float] | None = param(
+        None, "True rotation axis in the lab frame (any length); the headers carry none.")
+    oscillation_start: float | None = param(None, "Mean start angle of a sweep (degrees).")
+    oscillation_start_jitter: float | None = param(None, "Per-crystal start-angle spread (± degrees).")
+    oscillation_width: float | None = param(None, "Rotation per image (degrees).")
+    exposure_time: float | None = param(None, "Exposure per image (s), written as TIME.")
+    sigma_m: float | None = param(None, "Rocking width σm (degrees).")
+    sigma_b: float | None = param(None, "Beam divergence σb (degrees): sets the spot size.")
+    d_min: float | None = param(None, "High-resolution limit (Å); None = the detector corners.")
+    wilson_b: float | None = param(None, "Wilson B of the true intensities (Å²).")
+    mean_intensity: float | None = param(None, "Wilson mean intensity at d = ∞ (true-intensity units).")
+    scale: float | None = param(None, "Counts per unit true intensity and unit 1/lp (sets spot strength).")
+    scale_spread: float | None = param(None, "Log-normal σ of the per-crystal scale.")
+    b_spread: float | None = param(None, "σ of the per-crystal relative B (Å²).")
+    decay_per_image: float | None = param(None, "Radiation damage: intensities × exp(−k·z), k per image.")
+    dynamical_error: float | None = param(
+        None, "Log-normal σ of a per-observation multiplicative error (dynamical scattering); 0 = kinematic.")
+    background_flat: float | None = param(None, "Flat background (counts per pixel per image).")
+    inelastic_peak: float | None = param(None, "Inelastic scatter at the beam centre (counts per pixel per image).")
+    inelastic_radius_px: float | None = param(None, "Radius r0 of the inelastic profile peak·(1 + r/r0)^−power.")
+    inelastic_power: float | None = param(None, "Power of the inelastic profile.")
+    poisson: bool | None = param(None, "Draw Poisson counts; False writes rounded expectations.")
+    n_corrupted_images: int | None = param(
+        None, "Corrupted images (noise-only, scrambled or streaked) spread over crystals 2..n.")
+    n_bad_crystals: int | None = param(None, "Non-isomorphous crystals among 2..n.")
+    bad_crystal_kind: Literal["cell", "structure", "both"] | None = param(
+        None, "How bad crystals differ: cell edges changed, intensities of another structure, or both.")
+    bad_cell_change_percent: float | None = param(None, "Cell-edge change of a bad crystal (%).")
+    drift_cell_percent: float | None = param(None, "Cell change across a sweep (%), linear in the image.")
+    drift_rotation_deg: float | None = param(None, "Orientation drift across a sweep (degrees).")
+    seed: int | None = param(None, "Random seed; the same seed gives the same data.")
+    nproc: int = param(2, "Crystals simulated at once (threads).")
+    overwrite: bool = param(False, "Replace an existing simulation in the output folder.")
+
+
+def resolve_spec(params: Params) -> SimulationSpec:
+    """The preset with every parameter that is not None put on top."""
+    base = PRESETS[params.preset]
+    changes = {}
+    for f in dataclasses.fields(SimulationSpec):
+        value = getattr(params, f.name, None)
+        if value is not None:
+            changes[f.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+    if "space_group" in changes:
+        try:
+            changes["space_group"] = gemmi.SpaceGroup(changes["space_group"]).xhm()
+        except ValueError:
+            raise ParameterError(f"space_group={changes['space_group']}: unknown space group; try e.g. C2 or P43212") from None
+    try:
+        return base.replace(**changes)
+    except EwaldError as error:
+        raise ParameterError(str(error)) from None
+
+
+# ------------------------------------------------------------------------------ truth records
+
+
+def truth_experiment(plan: CrystalPlan, spec: SimulationSpec) -> Experiment:
+    """The true models of one crystal as an Experiment (with its image template)."""
+    return Experiment(
+        beam=plan.beam,
+        detector=plan.detector,
+        goniometer=plan.goniometer,
+        scan=plan.scan,
+        crystal=plan.crystal,
+        imageset={"__id__": "ImageSequence", "template": "#####.img"},
+        profile={"__id__": "gaussian_rs", "n_sigma": 3, "sigma_b": spec.sigma_b, "sigma_m": spec.sigma_m},
+        identifier=f"simulated-{spec.seed}-{plan.index}",
+    )
+
+
+def truth_record(plan: CrystalPlan, spec: SimulationSpec, observations: Observations) -> dict:
+    """The contents of ``<i>/truth.json`` (see the report of the simulate step for the schema)."""
+    crystal = plan.crystal
+    cell = crystal.unit_cell
+    s0 = plan.beam.s0
+    header_distance = spec.header_distance if spec.header_distance is not None else spec.distance
+
+    def cell_list(c: gemmi.UnitCell) -> list[float]:
+        return [c.a, c.b, c.c, c.alpha, c.beta, c.gamma]
+
+    return {
+        "format": TRUTH_FORMAT,
+        "version": TRUTH_VERSION,
+        "crystal": plan.index,
+        "identifier": f"simulated-{spec.seed}-{plan.index}",
+        "probe": "electron" if spec.wavelength < 0.1 else "x-ray",
+        "space_group": crystal.space_group.xhm(),
+        "space_group_number": crystal.space_group.number,
+        "unit_cell": cell_list(cell),
+        "nominal_unit_cell": list(spec.unit_cell),
+        "A": crystal.A.tolist(),
+        "U": crystal.U.tolist(),
+        "B": crystal.B.tolist(),
+        "real_space_a": crystal.real_space_vectors[0].tolist(),
+        "real_space_b": crystal.real_space_vectors[1].tolist(),
+        "real_space_c": crystal.real_space_vectors[2].tolist(),
+        "A_at_scan_points": crystal.A_at_scan_points.tolist(),
+        "unit_cell_at_scan_points": [cell_list(unit_cell_from_a_matrix(A)) for A in crystal.A_at_scan_points],
+        "wavelength": plan.beam.wavelength,
+        "beam_direction": plan.beam.direction.tolist(),
+        "s0": s0.tolist(),
+        "distance_mm": plan.detector.distance_mm,
+        "header_distance_mm": header_distance,
+        "detector": {
+            "origin": plan.detector.origin.tolist(),
+            "fast_axis": plan.detector.fast_axis.tolist(),
+            "slow_axis": plan.detector.slow_axis.tolist(),
+            "pixel_size_mm": list(plan.detector.pixel_size),
+            "image_size": list(plan.detector.image_size),
+        },
+        "beam_centre_px": list(plan.detector.beam_centre_px(s0)),
+        "rotation_axis": plan.goniometer.rotation_axis.tolist(),
+        "header_rotation_axis": None,
+        "scan": {
+            "image_range": list(plan.scan.image_range),
+            "oscillation_deg": list(plan.scan.oscillation),
+            "exposure_time_s": spec.exposure_time,
+        },
+        "sigma_m_deg": spec.sigma_m,
+        "sigma_b_deg": spec.sigma_b,
+        "d_min": float(observations.d.min()) if len(observations) else None,
+        "wilson_b": spec.wilson_b,
+        "scale": plan.scale,
+        "relative_b": plan.relative_b,
+        "decay_per_image": plan.decay_per_image,
+        "dynamical_error": spec.dynamical_error,
+        "bad_crystal": plan.bad_kind is not None,
+        "bad_kind": plan.bad_kind,
+        "corrupted_images": [{"image": image, "kind": kind} for image, kind in plan.corrupted_images.items()],
+        "drift": {
+            "cell_percent": spec.drift_cell_percent,
+            "rotation_deg": spec.drift_rotation_deg,
+            "axis": plan.drift_axis.tolist(),
+        },
+        "poisson": spec.poisson,
+        "n_observations": len(observations),
+        "intensity_model": "counts = intensity_true * scale_factor * decay * dynamical_factor * partiality / lp",
+        "files": {"images": "#####.img", "observations": "truth_observations.npz", "experiments": "truth.expt"},
+    }
+
+
+@dataclass
+class CrystalTruth:
+    """What :func:`read_truth` returns for one crystal folder."""
+
+    record: dict  # truth.json
+    experiment: Experiment  # the true models
+    observations: Observations
+
+    def reflection_table(self, experiment_id: int = 0) -> ReflectionTable:
+        """The observations with DIALS column names (+ the truth columns under their own names)."""
+        o = self.observations
+        table = ReflectionTable(
+            {
+                "id": np.full(len(o), experiment_id, dtype=int),
+                "panel": np.zeros(len(o), dtype=int),
+                "miller_index": o.miller_index,
+                "entering": o.entering,
+                "s1": o.s1,
+                "xyzcal.px": o.xyz_px,
+                "xyzcal.mm": np.column_stack([o.xy_mm, o.phi_rad]),
+                "d": o.d,
+                "zeta": o.zeta,
+                "lp": o.lp,
+                "partiality": o.partiality,
+            },
+            experiment_identifiers={experiment_id: self.experiment.identifier},
+        )
+        for name in ("asu_miller_index", "intensity_true", "scale_factor", "decay", "dynamical_factor", "counts",
+                     "spot_covariance_px", "partial_first_image"):
+            table[name] = getattr(o, name)
+        return table
+
+
+def read_truth(crystal_folder: str | Path) -> CrystalTruth:
+    """Read ``truth.json``, ``truth.expt`` and ``truth_observations.npz`` of one crystal folder."""
+    from pipeline.formats.expt import read_experiments
+
+    folder = Path(crystal_folder)
+    try:
+        record = json.loads((folder / "truth.json").read_text())
+        with np.load(folder / "truth_observations.npz") as npz:
+            observations = Observations(**{f.name: npz[f.name] for f in dataclasses.fields(Observations)})
+    except (OSError, KeyError, ValueError) as error:
+        raise InputFileError(f"{folder}: not a simulated crystal folder ({error}); run ewald simulate first") from None
+    experiment = read_experiments(folder / "truth.expt")[0]
+    return CrystalTruth(record, experiment, observations)
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def write_crystal(folder: Path, simulated: SimulatedCrystal, spec: SimulationSpec) -> dict:
+    """Images, truth.json, truth.expt and truth_observations.npz of one crystal."""
+    from pipeline.formats.expt import write_experiments
+
+    plan = simulated.plan
+    folder.mkdir(parents=True)
+    header_distance = spec.header_distance if spec.header_distance is not None else spec.distance
+    centre = plan.detector.beam_centre_px(plan.beam.s0)
+    start, width = plan.scan.oscillation
+    images = simulated.images
+    if images.dtype != np.uint16:
+        images = np.clip(np.rint(images), 0, 65535).astype(np.uint16)
+    for k in range(spec.n_images):  # one file per image
+        header = timepix_su_header(
+            image_size=spec.image_size,
+            pixel_size_mm=spec.pixel_size,
+            distance_mm=header_distance,
+            osc_start_deg=start + k * width,
+            osc_range_deg=width,
+            wavelength_A=spec.wavelength,
+            beam_centre_px=centre,
+            exposure_time_s=spec.exposure_time,
+            epoch_s=_BASE_EPOCH_S + 3600.0 * (plan.index - 1) + k * spec.exposure_time,
+        )
+        write_smv_image(folder / IMAGE_TEMPLATE.format(k + 1), images[k], header)
+    record = truth_record(plan, spec, simulated.observations)
+    (folder / "truth.json").write_text(json.dumps(record, indent=1))
+    np.savez_compressed(folder / "truth_observations.npz", **simulated.observations.columns())
+    write_experiments([truth_experiment(plan, spec)], folder / "truth.expt")
+    return record
+
+
+def write_true_merged_mtz(path: Path, structure: StructureModel) -> None:
+    """The true merged intensities (IMEAN, SIGIMEAN = 1) of the ASU reflections."""
+    mtz = gemmi.Mtz(with_base=True)
+    mtz.spacegroup = structure.space_group
+    mtz.set_cell_for_all(structure.cell)
+    mtz.add_dataset("simulated")
+    mtz.add_column("IMEAN", "J")
+    mtz.add_column("SIGIMEAN", "Q")
+    data = np.column_stack([structure.asu_hkl, structure.intensity, np.ones(len(structure.intensity))])
+    mtz.set_data(data.astype(np.float32))
+    mtz.history = ["ewald simulate: true merged intensities (kinematic, before any scale)"]
+    mtz.write_to_file(str(path))
+
+
+def _prepare_output(output: Path, overwrite: bool) -> Path:
+    """Check the output folder and return the temporary folder to fill."""
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise ParameterError(f"{output}: the output folder is not empty; choose another folder or set overwrite=True")
+        if not (output / "simulation.json").is_file():
+            raise ParameterError(f"{output}: overwrite=True only replaces a previous simulation (no simulation.json there)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.simulate-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    return tmp
+
+
+def _install(tmp: Path, output: Path) -> None:
+    """Put the finished temporary folder in place of ``output``."""
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+        output.rename(old)
+    tmp.rename(output)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def run(params: Params, output_folder: str | Path) -> StepResult:
+    """Simulate all crystals into ``output_folder``; return the true experiments, all true
+    observations (``id`` = crystal number − 1) and a summary."""
+    spec = resolve_spec(params)
+    output = Path(output_folder)
+    plans = plan_crystals(spec)
+    structures = make_structures(spec, plans)
+    tmp = _prepare_output(output, params.overwrite)
+    try:
+        def one(plan: CrystalPlan):
+            start = time.perf_counter()
+            simulated = simulate_crystal(spec, plan, structures)
+            record = write_crystal(tmp / str(plan.index), simulated, spec)
+            seconds = time.perf_counter() - start
+            logger.info("crystal %d: %d observations, %d images in %.1f s", plan.index, len(simulated.observations),
+                        spec.n_images, seconds)
+            return simulated.observations, record, seconds
+
+        with ThreadPoolExecutor(max_workers=max(1, params.nproc)) as pool:
+            results = list(pool.map(one, plans))
+        write_true_merged_mtz(tmp / "true_merged.mtz", structures["true"])
+        summary = {
+            "preset": params.preset,
+            "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()},
+            "n_true_unique": len(structures["true"].intensity),
+            "crystals": [
+                {
+                    "crystal": record["crystal"],
+                    "n_observations": record["n_observations"],
+                    "bad_kind": record["bad_kind"],
+                    "corrupted_images": record["corrupted_images"],
+                    "oscillation_deg": record["scan"]["oscillation_deg"],
+                    "beam_centre_px": record["beam_centre_px"],
+                    "seconds": round(seconds, 2),
+                }
+                for _, record, seconds in results
+            ],
+        }
+        (tmp / "simulation.json").write_text(json.dumps(summary, indent=1))
+        _install(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    experiments = [truth_experiment(plan, spec) for plan in plans]
+    tables = [
+        CrystalTruth({}, experiment, observations).reflection_table(i)
+        for i, (experiment, (observations, _, _)) in enumerate(zip(experiments, results))
+    ]
+    return StepResult(experiments=experiments, reflections=ReflectionTable.concat(tables), summary=summary)
+
+
+def cli(params: Params, files: list[str]) -> None:
+    """``ewald simulate [preset=NAME] [key=value ...] OUTPUT_FOLDER``."""
+    if len(files) != 1:
+        raise ParameterError(
+            f"give exactly one output folder (got {len(files)}: {' '.join(files) or 'none'}), "
+            "e.g. ewald simulate preset=myd88 sim/")
+    result = run(params, files[0])
+    spec = result.summary["spec"]
+    logger.info("Simulated %d crystals × %d images (preset %s) into %s", spec["n_crystals"], spec["n_images"],
+                params.preset, files[0])
+    for crystal in result.summary["crystals"]:
+        notes = []
+        if crystal["bad_kind"]:
+            notes.append(f"non-isomorphous ({crystal['bad_kind']})")
+        if crystal["corrupted_images"]:
+            notes.append("corrupted images " + ", ".join(f"{c['image']} ({c['kind']})" for c in crystal["corrupted_images"]))
+        logger.info("  crystal %2d: %5d observations%s", crystal["crystal"], crystal["n_observations"],
+                    ("; " + "; ".join(notes)) if notes else "")
