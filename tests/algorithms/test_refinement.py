@@ -299,3 +299,20 @@ def test_rejects_unknown_fix_option(ed_truth):
     truth, table = ed_truth
     with pytest.raises(DataError, match="detector.fix"):
         refine(truth, table, RefinementOptions(detector_fix=("tilt",)))
+
+
+def test_unindexed_rows_are_ignored(ed_truth):
+    truth, table = ed_truth
+    table = table.copy()
+    table["id"][:5] = -1
+    table["miller_index"][5:10] = 0
+    table["xyzobs.mm.value"][10:15] += 100.0  # would be gross outliers if used
+    table["id"][10:15] = -1
+    result = refine(truth, table, RefinementOptions(detector_fix=("distance",)))
+    assert not result.used_in_refinement[:15].any() and not result.centroid_outlier[:15].any()
+    assert np.isnan(result.xyzcal_mm[:15]).all()
+    assert np.isfinite(result.xyzcal_mm[15:]).all()
+    assert 0.8 * SIGMA < result.rmsds["x_px"] < 1.15 * SIGMA
+    with pytest.raises(DataError, match="no usable indexed reflections"):
+        table["id"][:] = -1
+        refine(truth, table, RefinementOptions())
