@@ -89,7 +89,7 @@ def test_true_merged_mtz_holds_the_observed_true_intensities(tiny):
 
 def test_myd88_headers_carry_2193_and_the_truth_1762(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["simulate", "preset=myd88", "n_crystals=1", "n_images=2", "n_corrupted_images=0",
+    assert main(["simulate", "--preset", "myd88", "n_crystals=1", "n_images=2", "n_corrupted_images=0",
                  "n_bad_crystals=0", "sim"]) == 0
     header = dict(_header(tmp_path / "sim" / "1" / "00002.img"))
     truth = json.loads((tmp_path / "sim" / "1" / "truth.json").read_text())
