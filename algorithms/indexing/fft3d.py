@@ -60,7 +60,8 @@ def fill_reciprocal_grid(rlp: np.ndarray, n_points: int, d_min: float, b_iso: fl
     inside = np.all((index >= 0) & (index < n_points), axis=1)
     grid = np.zeros((n_points,) * 3, dtype=np.float32)
     grid[tuple(index[inside].T)] = np.exp(-b_iso * r2[keep][inside] / 4.0)
-    return grid, int(np.count_nonzero(grid))
+    n_voxels = len(np.unique(np.ravel_multi_index(tuple(index[inside].T), grid.shape)))
+    return grid, n_voxels
 
 
 @numba.njit(cache=True, nogil=True)
@@ -84,6 +85,27 @@ def _power_and_moments(spectrum):
     mean = total / count
     variance = max(total2 / count - mean * mean, 0.0)
     return power, mean, np.sqrt(variance)
+
+
+@numba.njit(cache=True, nogil=True)
+def _voxels_at_or_above(power, threshold):
+    """(m, 3) indices of the stored half-grid voxels with value ≥ threshold."""
+    count = 0
+    for value in power.ravel():
+        if value >= threshold:
+            count += 1
+    out = np.empty((count, 3), dtype=np.int64)
+    m = 0
+    nx, ny, nz = power.shape
+    for i in range(nx):
+        for j in range(ny):
+            for k in range(nz):
+                if power[i, j, k] >= threshold:
+                    out[m, 0] = i
+                    out[m, 1] = j
+                    out[m, 2] = k
+                    m += 1
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -182,7 +204,7 @@ def patterson_peaks(
     spectrum = scipy.fft.rfftn(grid, workers=workers)
     power, mean, rms = _power_and_moments(spectrum)
     threshold = np.float32(mean + rmsd_cutoff * rms) if rms > 0 else np.float32(np.inf)
-    half_seeds = np.argwhere(power >= threshold)
+    half_seeds = _voxels_at_or_above(power, threshold)
     mirrored = (-half_seeds) % n  # the centrosymmetric partners, which lie in the other half
     volumes, centres = _flood_fill(power, threshold, np.vstack([half_seeds, mirrored]).astype(np.int64))
     if len(volumes) < 4:
