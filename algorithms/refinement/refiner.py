@@ -66,6 +66,7 @@ class RefinementResult:
     parameter_esds: np.ndarray
     cell_esds: tuple[float, ...] | None  # a, b, c, α, β, γ
     scan_varying_model: dict | None = None  # per scan point: z, phi_deg, unit_cell, volume, orientation_deg
+    residual_summaries: list[dict] = field(default_factory=list)  # per macro-cycle, at the first prediction
 
 
 class IndexedPredictions(NamedTuple):
@@ -195,6 +196,7 @@ class _Macrocycle:
         self.rows = rows
         self.restraints = None
         self.outliers = np.zeros(0, int)
+        self.residual_summary: dict = {}
 
     def evaluate(self, x: np.ndarray, with_jacobian: bool = True) -> tuple[Evaluation, np.ndarray, np.ndarray]:
         """Weighted residuals (x block, y block, φ block, restraints) and Jacobian of the working
@@ -234,6 +236,8 @@ class _Macrocycle:
         scan = self.experiment.scan
         width_deg = abs(scan.oscillation_range_deg[1] - scan.oscillation_range_deg[0])
         self.rows = sample_rows(rows[~outlier], width_deg, self.options.reflections_per_degree)
+        kept = np.isin(rows, self.rows)
+        self.residual_summary = _residual_summary(delta[valid][kept], self.data.var[rows[kept]])
 
     def auto_reduce(self) -> None:
         action, per_param = self.options.auto_reduction_action, self.options.min_nref_per_parameter
@@ -283,6 +287,24 @@ class _Macrocycle:
         result = minimise(lambda x: self.evaluate(x)[0], x0, self.options.engine, self.options.max_iterations)
         self.model.set_free_values(result.x)
         return result
+
+
+def _residual_summary(delta: np.ndarray, variance: np.ndarray) -> dict:
+    """DIALS' "Summary statistics for N observations matched to predictions": Min, Q1, Med,
+    Q3, Max of the residuals and weights of the working set at the first prediction."""
+    def five(values):
+        return [float(v) for v in np.percentile(values, [0, 25, 50, 75, 100])] if len(values) else [float("nan")] * 5
+
+    weights = 1.0 / variance
+    return {
+        "nref": len(delta),
+        "Xc - Xo (mm)": five(delta[:, 0]),
+        "Yc - Yo (mm)": five(delta[:, 1]),
+        "Phic - Phio (deg)": five(np.degrees(delta[:, 2])),
+        "X weights": five(weights[:, 0]),
+        "Y weights": five(weights[:, 1]),
+        "Phi weights": five(weights[:, 2]),
+    }
 
 
 # ------------------------------------------------------------------------------- entry point
@@ -353,9 +375,11 @@ def refine(experiment: Experiment, reflections: ReflectionTable, options: Refine
     current = experiment
     stages = [False, True] if options.scan_varying else [False]
     cell_esds, B_cov, static_U = None, None, None
+    residual_summaries = []
     for macrocycle, scan_varying in enumerate(stages):
         cycle = _Macrocycle(current, data, rows, options, scan_varying)
         result = cycle.run()
+        residual_summaries.append(cycle.residual_summary)
         for ev in result.history:
             history.append({"macrocycle": macrocycle, "step": len([h for h in history if h["macrocycle"] == macrocycle]),
                             "nref": ev.nref, "rmsd_x_mm": float(ev.rmsds[0]), "rmsd_y_mm": float(ev.rmsds[1]),
@@ -400,4 +424,5 @@ def refine(experiment: Experiment, reflections: ReflectionTable, options: Refine
         parameter_esds=np.sqrt(np.maximum(np.diag(result.covariance), 0.0)),
         cell_esds=cell_esds,
         scan_varying_model=_scan_varying_summary(current, static_U) if options.scan_varying else None,
+        residual_summaries=residual_summaries,
     )

@@ -316,3 +316,15 @@ def test_unindexed_rows_are_ignored(ed_truth):
     with pytest.raises(DataError, match="no usable indexed reflections"):
         table["id"][:] = -1
         refine(truth, table, RefinementOptions())
+
+
+def test_residual_summary_of_the_first_prediction(ed_truth):
+    truth, table = ed_truth
+    result = refine(truth, table, RefinementOptions(detector_fix=("distance",), outlier_algorithm="null"))
+    (summary,) = result.residual_summaries
+    assert summary["nref"] == result.rmsds["nref"]
+    # at the true model the residuals are the noise: median ≈ 0, IQR ≈ 1.35 σ
+    q1, median, q3 = summary["Xc - Xo (mm)"][1:4]
+    assert abs(median) < 0.1 * SIGMA * 0.055
+    assert q3 - q1 == pytest.approx(1.349 * SIGMA * 0.055, rel=0.15)
+    assert summary["X weights"][2] == pytest.approx(1.0 / (SIGMA * 0.055) ** 2)
