@@ -252,3 +252,18 @@ def test_export_of_integrated_data_writes_summation_and_profile_columns():
     # LP-corrected, summation also divided by the partiality: undoing that gives the raw counts back.
     np.testing.assert_allclose(np.sort(arr[:, 5] * partiality / lp), np.sort(t["intensity.sum.value"][both]), rtol=1e-4)
     np.testing.assert_allclose(np.sort(arr[:, 7] / lp), np.sort(t["intensity.prf.value"][both]), rtol=1e-4)
+
+
+def test_export_of_real_dials_integrated_data(shared_data):
+    from pipeline.formats.expt import read_experiments
+    from pipeline.formats.refl import read_reflections
+
+    folder = shared_data / "l_cysteine_narrow_wedge"
+    experiments = read_experiments(folder / "11_integrated.expt")
+    table = read_reflections(folder / "11_integrated.refl")
+    mtz = export.run(experiments, table, export.Params()).summary["mtz"]
+    assert mtz.column_labels()[5:9] == ["I", "SIGI", "IPR", "SIGIPR"]
+    assert [b.number for b in mtz.batches] == list(range(1, 11))
+    assert mtz.batches[0].floats[36] == pytest.approx(-145.0) and mtz.batches[9].floats[37] == pytest.approx(-144.0)
+    data = np.array(mtz.array)
+    assert np.all((data[:, 4] >= 1) & (data[:, 4] <= 10)) and np.all(data[:, 6] > 0)
