@@ -40,13 +40,14 @@ class ParameterGroup:
 
 
 class ParameterisedModel:
-    def __init__(self, experiment: Experiment, fixed: dict[str, np.ndarray], scan_varying: bool = False,
+    """``fixed`` maps each group name to its fixed mask (a bool broadcasts over the group)."""
+
+    def __init__(self, experiment: Experiment, fixed: dict[str, np.ndarray | bool], scan_varying: bool = False,
                  interval_width_degrees: float = 36.0):
         self.experiment = experiment
         crystal = experiment.crystal
         self.beam = BeamParameterisation(experiment.beam, experiment.goniometer)
         self.cell = MetricTensorParameterisation(crystal.B, crystal.space_group)
-        B_sym, _ = self.cell.compose(self.cell.initial_values)
         self.orientation = OrientationParameterisation(crystal.U)
         self.detector = DetectorParameterisation(experiment.detector)
         self.goniometer = GoniometerParameterisation(experiment.goniometer, experiment.beam)
@@ -68,7 +69,6 @@ class ParameterisedModel:
         groups.append(("Detector", self.detector.names, self.detector.initial_values, fixed["Detector"], False))
         groups.append(("Goniometer", self.goniometer.names, self.goniometer.initial_values, fixed["Goniometer"], False))
         self.groups = [ParameterGroup(m, list(n), np.array(v, float), np.array(f, bool), sv) for m, n, v, f, sv in groups]
-        self.B0 = B_sym
 
     # -- the parameter vector ---------------------------------------------------------------
     def _offsets(self) -> list[int]:

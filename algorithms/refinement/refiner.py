@@ -175,7 +175,7 @@ class _Observations:
     var: np.ndarray
 
 
-def _fixed_masks(options: RefinementOptions) -> dict[str, np.ndarray]:
+def _fixed_masks(options: RefinementOptions) -> dict[str, np.ndarray | bool]:
     orientation_fixed, cell_fixed = crystal_fixed(tuple(options.crystal_fix))
     return {
         "Beam": BeamParameterisation.fixed(tuple(options.beam_fix)),
