@@ -20,6 +20,7 @@ from pipeline.views.overlays import AxisLine
 RING_COLOUR = (0.0, 0.7, 1.0)
 SPOT_COLOUR = (0.1, 0.9, 0.1)
 STRONG_COLOUR = (1.0, 0.55, 0.0)
+STRONG_COLOUR_ON_HEATMAP = (0.0, 1.0, 1.0)  # orange would hide among the heatmap's own colours
 BEAM_CENTRE_COLOUR = (1.0, 0.0, 0.0)
 AXIS_COLOUR = (1.0, 0.0, 1.0)
 MASK_COLOUR = (0.25, 0.25, 1.0)
@@ -80,7 +81,7 @@ def colour_raster(picture: DetectorPicture, colour_scheme: str, display_maximum:
     scaled = np.clip(np.nan_to_num(picture.image / white), 0.0, 1.0)
     rgb = colormaps[COLOUR_SCHEMES[colour_scheme]](scaled)[..., :3]
     if picture.strong is not None:
-        rgb[picture.strong] = STRONG_COLOUR
+        rgb[picture.strong] = STRONG_COLOUR_ON_HEATMAP if colour_scheme == "heatmap" else STRONG_COLOUR
     if picture.masked is not None:
         rgb[picture.masked] = (1.0 - MASK_OPACITY) * rgb[picture.masked] + MASK_OPACITY * np.asarray(MASK_COLOUR)
     return rgb

@@ -146,6 +146,11 @@ global.document = { getElementById: element, createElement: () => element("new-"
                     createTextNode: text => text };
 global.window = { innerWidth: 800, innerHeight: 600, devicePixelRatio: 1, addEventListener() {} };
 eval(fs.readFileSync(scriptPath, "utf8"));
+// every control once (cell axes on, indexed colouring), then the view button
+element("show-cell").checked = true;
+element("colour-by").value = "indexed";
+for (const id of ["show-cell", "colour-by", "point-size"]) for (const f of element(id).listeners.input) f();
+if (element("show-cell").disabled || element("colour-by").disabled) throw new Error("controls disabled");
 rectangles.length = 0;
 for (const f of element(button).listeners.click) f();
 console.log(JSON.stringify(rectangles.filter(r => r[2] === 2).map(r => [r[0], r[1]])));
