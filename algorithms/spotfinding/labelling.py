@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from algorithms.spotfinding.threshold import DispersionParameters, ThresholdWork, threshold_image_into
+from algorithms.spotfinding.threshold import DispersionParameters, ThresholdWork, corrected_value, threshold_image_into
 
 
 @dataclass
@@ -98,12 +98,12 @@ def _label_roots(parent, n):
 def _strong_pixels_in_chunk(
     raw_chunk, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
     kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended, max_strong,
-    sat_count, sat_sum, sat_sumsq, sat_not_dispersed, sat_core_count, sat_core_sum, flags,
+    valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, flags, dispersed_list, core_list,
 ):
     n_images, n_slow, n_fast = raw_chunk.shape
-    valid = np.empty((n_slow, n_fast), np.bool_)
     strong = np.zeros((n_slow, n_fast), np.bool_)
     previous_strong = np.zeros((n_slow, n_fast), np.bool_)
+    strong_list = np.empty(n_slow * n_fast, np.int64)
     index = np.zeros((n_slow, n_fast), np.int32)  # pixel number where strong is True
     previous_index = np.zeros((n_slow, n_fast), np.int32)
     capacity = 4096
@@ -116,11 +116,11 @@ def _strong_pixels_in_chunk(
     rejected = np.zeros(n_images, np.bool_)
     n = 0
     for z in range(n_images):
-        image = raw_chunk[z]
         n_strong = threshold_image_into(
-            image, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
+            raw_chunk[z], static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
             kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
-            valid, strong, sat_count, sat_sum, sat_sumsq, sat_not_dispersed, sat_core_count, sat_core_sum, flags,
+            strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, flags,
+            dispersed_list, core_list,
         )
         strong_per_image[z] = n_strong
         if n_strong > max_strong:
@@ -135,23 +135,22 @@ def _strong_pixels_in_chunk(
             xs = _grow(xs, capacity)
             values = _grow(values, capacity)
             parent = _grow(parent, capacity)
-        for y in range(n_slow):
-            for x in range(n_fast):
-                if not strong[y, x]:
-                    continue
-                zs[n] = z
-                ys[n] = y
-                xs[n] = x
-                values[n] = (image[y, x] - pedestal) / panel_gain
-                parent[n] = n
-                index[y, x] = n
-                if x > 0 and strong[y, x - 1]:
-                    _union(parent, n, index[y, x - 1])
-                if y > 0 and strong[y - 1, x]:
-                    _union(parent, n, index[y - 1, x])
-                if z > 0 and previous_strong[y, x]:
-                    _union(parent, n, previous_index[y, x])
-                n += 1
+        for k in range(n_strong):  # raster order
+            y = strong_list[k] // n_fast
+            x = strong_list[k] - y * n_fast
+            zs[n] = z
+            ys[n] = y
+            xs[n] = x
+            values[n] = corrected_value(raw_chunk[z], y, x, pedestal, panel_gain)
+            parent[n] = n
+            index[y, x] = n
+            if x > 0 and strong[y, x - 1]:
+                _union(parent, n, index[y, x - 1])
+            if y > 0 and strong[y - 1, x]:
+                _union(parent, n, index[y - 1, x])
+            if z > 0 and previous_strong[y, x]:
+                _union(parent, n, previous_index[y, x])
+            n += 1
         strong, previous_strong = previous_strong, strong
         index, previous_index = previous_index, index
     label, n_components = _label_roots(parent, n)
@@ -189,9 +188,7 @@ def strong_pixels_in_chunk(
         raw_chunk, np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),
         float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
-        float(parameters.global_threshold), parameters.extended, max_strong,
-        work.sat_count, work.sat_sum, work.sat_sumsq, work.sat_not_dispersed, work.sat_core_count, work.sat_core_sum,
-        work.flags,
+        float(parameters.global_threshold), parameters.extended, max_strong, *work.buffers(),
     )
     return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image, rejected)
 

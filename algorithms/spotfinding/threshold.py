@@ -75,17 +75,25 @@ class DispersionParameters:
 
 
 class ThresholdWork:
-    """Reusable work buffers for one image size (summed-area tables and flags)."""
+    """Reusable work buffers for one image size: the per-image mask, summed-area tables of
+    (count, Σc, Σc²) over the valid pixels, per-pixel flags and pixel index lists."""
 
     def __init__(self, n_slow: int, n_fast: int):
         shape = (n_slow + 1, n_fast + 1)
-        self.sat_count = np.zeros(shape, np.int32)
+        self.valid = np.empty((n_slow, n_fast), np.bool_)
+        self.sat_count = np.zeros(shape, np.int32)  # row 0 and column 0 stay zero
         self.sat_sum = np.zeros(shape, np.float64)
         self.sat_sumsq = np.zeros(shape, np.float64)
-        self.sat_not_dispersed = np.zeros(shape, np.int32)
         self.sat_core_count = np.zeros(shape, np.int32)
         self.sat_core_sum = np.zeros(shape, np.float64)
         self.flags = np.zeros((n_slow, n_fast), np.uint8)
+        self.dispersed = np.empty(n_slow * n_fast, np.int64)
+        self.core = np.empty(n_slow * n_fast, np.int64)
+
+    def buffers(self) -> tuple:
+        """The buffers in the order :func:`threshold_image_into` takes them."""
+        return (self.valid, self.sat_count, self.sat_sum, self.sat_sumsq, self.sat_core_count, self.sat_core_sum, self.flags,
+                self.dispersed, self.core)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -94,167 +102,157 @@ def _box(sat, y0, y1, x0, x1):
     return sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
 
 
-@numba.njit(cache=True, nogil=True)
-def _corrected_value_statistics(raw, valid, pedestal, panel_gain, sat_count, sat_sum, sat_sumsq):
-    """Summed-area tables of count, Σc and Σc² over valid pixels, c = (raw − pedestal)/gain."""
-    n_slow, n_fast = raw.shape
-    for y in range(n_slow):
-        row_n = 0
-        row_s = 0.0
-        row_q = 0.0
-        for x in range(n_fast):
-            if valid[y, x]:
-                c = (raw[y, x] - pedestal) / panel_gain
-                if c < _STATISTICS_MAX_VALUE:
-                    row_n += 1
-                    row_s += c
-                    row_q += c * c
-            sat_count[y + 1, x + 1] = sat_count[y, x + 1] + row_n
-            sat_sum[y + 1, x + 1] = sat_sum[y, x + 1] + row_s
-            sat_sumsq[y + 1, x + 1] = sat_sumsq[y, x + 1] + row_q
+@numba.njit(cache=True, nogil=True, inline="always")
+def corrected_value(raw, y, x, pedestal, panel_gain):
+    """c = (raw − pedestal)/gain as float64 (no arithmetic in the usual case pedestal 0, gain 1)."""
+    if pedestal == 0.0 and panel_gain == 1.0:
+        return np.float64(raw[y, x])
+    return (raw[y, x] - pedestal) / panel_gain
 
 
-@numba.njit(cache=True, nogil=True)
-def _valid_pixels(raw, static_mask, trusted_low, trusted_high, valid):
-    """Static mask ∧ trusted range, exclusive at both ends as in DIALS 3.5."""
-    n_slow, n_fast = raw.shape
-    for y in range(n_slow):
-        for x in range(n_fast):
-            v = raw[y, x]
-            valid[y, x] = static_mask[y, x] and v > trusted_low and v < trusted_high
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prepare_row(y, raw, static_mask, trusted_low, trusted_high, pedestal, panel_gain, valid, sat_count, sat_sum, sat_sumsq):
+    """Row y of the per-image mask (static mask ∧ trusted range, exclusive at both ends as in
+    DIALS 3.5) and row y+1 of the summed-area tables of count, Σc and Σc² over the valid
+    pixels below 2²⁴."""
+    n_fast = raw.shape[1]
+    row_n = 0
+    row_s = 0.0
+    row_q = 0.0
+    for x in range(n_fast):
+        v = raw[y, x]
+        ok = static_mask[y, x] and v > trusted_low and v < trusted_high
+        valid[y, x] = ok
+        if ok:
+            c = corrected_value(raw, y, x, pedestal, panel_gain)
+            if c < _STATISTICS_MAX_VALUE:
+                row_n += 1
+                row_s += c
+                row_q += c * c
+        sat_count[y + 1, x + 1] = sat_count[y, x + 1] + row_n
+        sat_sum[y + 1, x + 1] = sat_sum[y, x + 1] + row_s
+        sat_sumsq[y + 1, x + 1] = sat_sumsq[y, x + 1] + row_q
+
+
+# flags: 0 background or masked, 1 dispersed (also core pixels ≥ 2²⁴, left out of the statistics), 2 core
+_DISPERSED, _CORE = 1, 2
 
 
 @numba.njit(cache=True, nogil=True)
 def threshold_image_into(
-    raw,
-    static_mask,
-    trusted_low,
-    trusted_high,
-    pedestal,
-    panel_gain,
-    gain_map,
-    kernel_x,
-    kernel_y,
-    sigma_background,
-    sigma_strong,
-    min_local,
-    global_threshold,
-    extended,
-    valid,
-    strong,
-    sat_count,
-    sat_sum,
-    sat_sumsq,
-    sat_not_dispersed,
-    sat_core_count,
-    sat_core_sum,
-    flags,
+    raw, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
+    kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
+    strong, strong_list,
+    valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, flags, dispersed_list, core_list,
 ):
-    """Fill ``strong`` (bool, image shape) for one raw image; returns the strong-pixel count.
+    """Threshold one raw image; returns the number of strong pixels.
 
-    ``valid`` receives the per-image mask (static mask ∧ trusted range); the ``sat_*`` and
-    ``flags`` arrays are work buffers (see :class:`ThresholdWork`).
+    Fills ``strong`` (bool, image shape), the first entries of ``strong_list`` with the strong
+    pixels' raster indices (y·n_fast + x, ascending) and ``valid`` with the per-image mask; the
+    arguments after ``strong_list`` are work buffers (:meth:`ThresholdWork.buffers`). Only the
+    first two passes visit every pixel; the erosion and the final test visit the (few percent)
+    dispersed pixels only.
     """
     n_slow, n_fast = raw.shape
-    _valid_pixels(raw, static_mask, trusted_low, trusted_high, valid)
-    _corrected_value_statistics(raw, valid, pedestal, panel_gain, sat_count, sat_sum, sat_sumsq)
+    strong[:, :] = False
+    flags[:, :] = 0
     n_strong = 0
-    if not extended:
-        for y in range(n_slow):
-            y0 = max(0, y - kernel_y)
-            y1 = min(n_slow, y + kernel_y + 1)
-            for x in range(n_fast):
-                strong[y, x] = False
-                if not valid[y, x]:
-                    continue
-                c = (raw[y, x] - pedestal) / panel_gain
-                if not c > global_threshold:
-                    continue
-                x0 = max(0, x - kernel_x)
-                x1 = min(n_fast, x + kernel_x + 1)
-                n = _box(sat_count, y0, y1, x0, x1)
-                s = _box(sat_sum, y0, y1, x0, x1)
-                if n < min_local or s < 0:
-                    continue
-                q = _box(sat_sumsq, y0, y1, x0, x1)
-                g = gain_map[y, x]
-                dispersed = n * q - s * s - g * s * (n - 1) > g * s * sigma_background * np.sqrt(2.0 * (n - 1))
-                if dispersed and n * c - s > sigma_strong * np.sqrt(g * s * n):
-                    strong[y, x] = True
-                    n_strong += 1
-        return n_strong
-
-    # Pass 1: the dispersion test (flags = 1 for dispersed), accumulating a summed-area table of
-    # the NOT dispersed pixels for the erosion. As in DIALS 3.5, masked pixels are not dispersed,
-    # so they erode spots next to them like background does.
-    for y in range(n_slow):
+    n_dispersed = 0
+    # Pass 1: the dispersion test on the 7×7 window, kernel_y rows behind the summed-area
+    # tables it reads (so that those rows are still in cache). Masked pixels are not dispersed
+    # (DIALS 3.5), so they erode neighbouring spots as background does.
+    for row in range(n_slow + kernel_y):
+        if row < n_slow:
+            _prepare_row(row, raw, static_mask, trusted_low, trusted_high, pedestal, panel_gain, valid,
+                         sat_count, sat_sum, sat_sumsq)
+        y = row - kernel_y
+        if y < 0:
+            continue
         y0 = max(0, y - kernel_y)
         y1 = min(n_slow, y + kernel_y + 1)
-        row_not_dispersed = 0
         for x in range(n_fast):
-            dispersed = False
-            if valid[y, x]:
-                x0 = max(0, x - kernel_x)
-                x1 = min(n_fast, x + kernel_x + 1)
-                n = _box(sat_count, y0, y1, x0, x1)
-                s = _box(sat_sum, y0, y1, x0, x1)
-                if n >= min_local and s >= 0:
-                    q = _box(sat_sumsq, y0, y1, x0, x1)
-                    g = gain_map[y, x]
-                    dispersed = n * q - s * s - g * s * (n - 1) > g * s * sigma_background * np.sqrt(2.0 * (n - 1))
-            flags[y, x] = 1 if dispersed else 0
-            if not dispersed:
-                row_not_dispersed += 1
-            sat_not_dispersed[y + 1, x + 1] = sat_not_dispersed[y, x + 1] + row_not_dispersed
+            if not valid[y, x]:
+                continue
+            x0 = max(0, x - kernel_x)
+            x1 = min(n_fast, x + kernel_x + 1)
+            n = _box(sat_count, y0, y1, x0, x1)
+            s = _box(sat_sum, y0, y1, x0, x1)
+            if n < min_local or s < 0:
+                continue
+            q = _box(sat_sumsq, y0, y1, x0, x1)
+            g = gain_map[y, x]
+            if n * q - s * s - g * s * (n - 1) > g * s * sigma_background * np.sqrt(2.0 * (n - 1)):
+                if extended:
+                    flags[y, x] = _DISPERSED
+                    dispersed_list[n_dispersed] = y * n_fast + x
+                    n_dispersed += 1
+                else:
+                    c = corrected_value(raw, y, x, pedestal, panel_gain)
+                    if c > global_threshold and n * c - s > sigma_strong * np.sqrt(g * s * n):
+                        strong[y, x] = True
+                        strong_list[n_strong] = y * n_fast + x
+                        n_strong += 1
+    if not extended:
+        return n_strong
 
     # Pass 2: erosion. A dispersed pixel is "core" iff its chessboard distance to the nearest
-    # non-dispersed pixel is ≥ e = min(kernel), i.e. the (2e−1)² window around it (clipped at the
-    # edge, where outside counts as not background) holds no non-dispersed pixel.
-    # flags: 2 = core. Accumulate summed-area tables of the valid core pixels (count, Σc).
-    e = min(kernel_x, kernel_y) - 1
+    # non-dispersed pixel is ≥ e = min(kernel): no non-dispersed pixel in the (2e−1)² window
+    # around it (clipped at the image edge, beyond which nothing counts as background).
+    reach = min(kernel_x, kernel_y) - 1
+    n_core = 0
+    for i in range(n_dispersed):
+        y = dispersed_list[i] // n_fast
+        x = dispersed_list[i] - y * n_fast
+        is_core = True
+        for yy in range(max(0, y - reach), min(n_slow, y + reach + 1)):
+            for xx in range(max(0, x - reach), min(n_fast, x + reach + 1)):
+                if flags[yy, xx] == 0:
+                    is_core = False
+                    break
+            if not is_core:
+                break
+        if is_core:
+            core_list[n_core] = dispersed_list[i]
+            n_core += 1
+    for i in range(n_core):
+        y = core_list[i] // n_fast
+        x = core_list[i] - y * n_fast
+        if corrected_value(raw, y, x, pedestal, panel_gain) < _STATISTICS_MAX_VALUE:
+            flags[y, x] = _CORE
+
+    # Pass 3: core pixels against the mean of the background (valid, not core) pixels of a
+    # window two pixels wider: the valid-pixel sums minus those of the core pixels, from
+    # summed-area tables of the core pixels.
     for y in range(n_slow):
-        y0 = max(0, y - e)
-        y1 = min(n_slow, y + e + 1)
         row_n = 0
         row_s = 0.0
         for x in range(n_fast):
-            if flags[y, x] == 1:
-                x0 = max(0, x - e)
-                x1 = min(n_fast, x + e + 1)
-                if _box(sat_not_dispersed, y0, y1, x0, x1) == 0:
-                    flags[y, x] = 2
-                    if valid[y, x]:
-                        c = (raw[y, x] - pedestal) / panel_gain
-                        if c < _STATISTICS_MAX_VALUE:
-                            row_n += 1
-                            row_s += c
+            if flags[y, x] == _CORE:
+                row_n += 1
+                row_s += corrected_value(raw, y, x, pedestal, panel_gain)
             sat_core_count[y + 1, x + 1] = sat_core_count[y, x + 1] + row_n
             sat_core_sum[y + 1, x + 1] = sat_core_sum[y, x + 1] + row_s
-
-    # Pass 3: core pixels against the mean of the background (valid, not core) pixels of a
-    # window two pixels wider: background sums = all valid sums − core sums.
     wx = kernel_x + 2
     wy = kernel_y + 2
-    for y in range(n_slow):
+    for i in range(n_core):
+        y = core_list[i] // n_fast
+        x = core_list[i] - y * n_fast
+        c = corrected_value(raw, y, x, pedestal, panel_gain)
+        if not c > global_threshold:
+            continue
         y0 = max(0, y - wy)
         y1 = min(n_slow, y + wy + 1)
-        for x in range(n_fast):
-            strong[y, x] = False
-            if flags[y, x] != 2 or not valid[y, x]:
-                continue
-            c = (raw[y, x] - pedestal) / panel_gain
-            if not c > global_threshold:
-                continue
-            x0 = max(0, x - wx)
-            x1 = min(n_fast, x + wx + 1)
-            n = _box(sat_count, y0, y1, x0, x1) - _box(sat_core_count, y0, y1, x0, x1)
-            s = _box(sat_sum, y0, y1, x0, x1) - _box(sat_core_sum, y0, y1, x0, x1)
-            if s < 0:
-                continue
-            mean = s / n if n >= 2 else 0.0
-            if c >= mean + sigma_strong * np.sqrt(gain_map[y, x] * mean):
-                strong[y, x] = True
-                n_strong += 1
+        x0 = max(0, x - wx)
+        x1 = min(n_fast, x + wx + 1)
+        n = _box(sat_count, y0, y1, x0, x1) - _box(sat_core_count, y0, y1, x0, x1)
+        s = _box(sat_sum, y0, y1, x0, x1) - _box(sat_core_sum, y0, y1, x0, x1)
+        if s < 0:
+            continue
+        mean = s / n if n >= 2 else 0.0
+        if c >= mean + sigma_strong * np.sqrt(gain_map[y, x] * mean):
+            strong[y, x] = True
+            strong_list[n_strong] = core_list[i]
+            n_strong += 1
     return n_strong
 
 
@@ -277,14 +275,13 @@ def dispersion_threshold_mask(
     work = ThresholdWork(n_slow, n_fast)
     if gain_map is None:
         gain_map = np.full(raw.shape, parameters.gain_value)
-    valid = np.empty(raw.shape, np.bool_)
     strong = np.empty(raw.shape, np.bool_)
     kx, ky = parameters.kernel_size
     threshold_image_into(
         raw, np.ascontiguousarray(mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),
         float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
-        float(parameters.global_threshold), parameters.extended, valid, strong,
-        work.sat_count, work.sat_sum, work.sat_sumsq, work.sat_not_dispersed, work.sat_core_count, work.sat_core_sum, work.flags,
+        float(parameters.global_threshold), parameters.extended, strong, np.empty(raw.size, np.int64),
+        *work.buffers(),
     )
     return strong
