@@ -480,6 +480,8 @@ def import_experiments(inputs: Sequence[str | Path], image_range: tuple[int, int
 def image_paths(experiment: Experiment) -> list[Path]:
     """The files of an experiment's scan, in image order."""
     template = experiment.imageset["template"]
+    if experiment.directory and not os.path.isabs(template):
+        template = os.path.join(experiment.directory, template)
     first, last = experiment.scan.image_range
     return [_image_path(template, n) for n in range(first, last + 1)]
 

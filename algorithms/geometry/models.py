@@ -461,6 +461,9 @@ class Experiment:
     profile: dict | None = None
     scaling_model: dict | None = None
     identifier: str = ""
+    # folder of the file the experiment was read from: a relative image template is relative to
+    # it, as in dxtbx (not written to files)
+    directory: str | None = field(default=None, repr=False, compare=False)
 
     def copy(self) -> "Experiment":
         return copy.deepcopy(self)

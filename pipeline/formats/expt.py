@@ -69,7 +69,10 @@ def read_experiments(path) -> list[Experiment]:
         document = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputFileError(f"{path}: not a DIALS experiment file (expected ExperimentList JSON): {e}") from None
-    return experiments_from_dict(document, source=str(path))
+    experiments = experiments_from_dict(document, source=str(path))
+    for experiment in experiments:
+        experiment.directory = str(path.resolve().parent)
+    return experiments
 
 
 def write_experiments(experiments: list[Experiment], path, extra: dict | None = None) -> None:
