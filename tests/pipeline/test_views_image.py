@@ -282,3 +282,44 @@ def test_cli_writes_the_png_and_refuses_an_image_outside_the_sweep(sweep, tmp_pa
     assert main(["image", "imported.expt", "image=7", "output=bad.png"]) == 2
     assert "image=7" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+# ------------------------------------------------------------------ simulated sweep (ewald simulate)
+
+
+def _strong_fraction_near_line(strong: np.ndarray, centre, direction, half_width_px=8.0, inner_px=70.0) -> float:
+    """Fraction of the pixels within ``half_width_px`` of the line through ``centre`` along
+    ``direction`` (and farther than ``inner_px`` from ``centre``) that are strong."""
+    y, x = np.mgrid[0 : strong.shape[0], 0 : strong.shape[1]] + 0.5
+    offset = np.stack([x - centre[0], y - centre[1]], axis=-1)
+    along = offset @ direction
+    across = np.abs(offset @ np.array([-direction[1], direction[0]]))
+    band = (across < half_width_px) & (np.abs(along) > inner_px)
+    return float(strong[band].mean())
+
+
+def test_max_stack_of_a_simulated_sweep_has_its_spot_free_band_along_the_drawn_axis(tmp_path, monkeypatch):
+    """Spots of a rotation sweep thin out towards the projection of the rotation axis (a
+    reciprocal-lattice point at distance ρ from the axis diffracts with density ∝ ρ), so in
+    the max-stack the strong pixels avoid the drawn axis line; the perpendicular line through
+    the beam centre (where a 90°-wrong axis would be drawn) crosses many spots."""
+    pytest.importorskip("pipeline.steps.simulate")
+    from pipeline.cli import main
+    from pipeline.formats.expt import read_experiments
+    from pipeline.views.overlays import rotation_axis_line_px
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "preset=tiny", "n_crystals=1", "sim"]) == 0
+    (experiment,) = read_experiments(tmp_path / "sim" / "1" / "truth.expt")
+    first, last = experiment.scan.image_range
+    mask = static_mask(experiment.detector, experiment.beam.s0)
+    stacked = image_step.stacked_images(experiment, first, last, "max", mask, image_step.DispersionParameters())
+    centre = experiment.detector.beam_centre_px(experiment.beam.s0)
+    line = rotation_axis_line_px(experiment.detector, experiment.beam.s0, experiment.goniometer.rotation_axis_lab)
+    direction = np.subtract(line.end_px, line.start_px)
+    direction /= np.linalg.norm(direction)
+    along_axis = _strong_fraction_near_line(stacked.strong, centre, direction)
+    across_axis = _strong_fraction_near_line(stacked.strong, centre, np.array([-direction[1], direction[0]]))
+    print(f"strong fraction along the axis {along_axis:.4f}, across it {across_axis:.4f}")
+    assert across_axis > 0.03
+    assert along_axis < 0.25 * across_axis
