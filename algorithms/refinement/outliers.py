@@ -5,7 +5,8 @@
   (Rousseeuw & Van Driessen 1999, Technometrics 41, 212–223): random (p+1)-subsets, C-steps,
   the best candidates iterated to convergence; with large samples the search first runs in
   disjoint sub-groups and on their union, as in the paper. The raw estimate is made consistent
-  (× median d² / χ²_p(0.5)) and re-weighted; outliers have d² > χ²_p(0.975) (9.348 for p = 3).
+  (× median d² / χ²_p(0.5)) and re-weighted (Croux & Haesbroeck 1999, J. Multivar. Anal. 71,
+  161); outliers have d² > χ²_p(0.975) (9.348 for p = 3).
   The C-steps run in a numba kernel.
 Both run separately in blocks of rotation angle; a block with fewer than
 ``minimum_number_of_reflections`` is wholly rejected, as in DIALS.
@@ -182,10 +183,11 @@ def mcd_outliers(residuals: np.ndarray, seed: int = 42) -> np.ndarray:
     n, p = residuals.shape
     cutoff = chi2.ppf(MCD_CUTOFF_PROBABILITY, p)
     _, _, d2 = fast_mcd(residuals, seed)
-    # re-weighted estimate from the points inside the cutoff
+    # re-weighted estimate from the points inside the cutoff, made consistent at the normal
+    # model: a normal sample truncated at χ²_p(q) has scatter P(χ²_{p+2} ≤ c)/q times too small
     inliers = residuals[d2 <= cutoff]
     mean = inliers.mean(axis=0)
-    cov = np.cov(inliers, rowvar=False)
+    cov = np.cov(inliers, rowvar=False) * MCD_CUTOFF_PROBABILITY / chi2.cdf(cutoff, p + 2)
     d2 = _mahalanobis2(residuals, mean[None], cov[None])[0]
     return d2 > cutoff
 
