@@ -45,7 +45,9 @@ def fft_d_min(max_cell: float, n_points: int, d_spacings: np.ndarray) -> float:
     return float(max(5.0 * max_cell / n_points, np.min(d_spacings)))
 
 
-def fill_reciprocal_grid(rlp: np.ndarray, n_points: int, d_min: float, b_iso: float | None = None) -> tuple[np.ndarray, int]:
+def fill_reciprocal_grid(
+    rlp: np.ndarray, n_points: int, d_min: float, b_iso: float | None = None
+) -> tuple[np.ndarray, int]:
     """The centred N³ grid with exp(−B|r|²/4) at each rlp with d ≥ d_min (assigned, not summed).
 
     B defaults to −4·d_min²·ln(0.05), so the weight is 0.05 at the resolution limit.

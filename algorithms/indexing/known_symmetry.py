@@ -61,7 +61,7 @@ def apply_known_symmetry(
         space_group = gemmi.SpaceGroup("P 1")
     if unit_cell is not None and space_group.number == 1:
         unit_cell, _ = niggli_reduce_cell(unit_cell)  # P1 cells are compared in their reduced form
-    setting = setting_for_space_group(crystal.unit_cell, space_group, max_delta_deg)
+    setting = setting_for_space_group(crystal.unit_cell, space_group, max_delta_deg, target_cell=unit_cell)
     if setting is None:
         return None
     if unit_cell is not None and not cells_match(setting.unit_cell, unit_cell):

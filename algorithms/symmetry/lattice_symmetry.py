@@ -133,7 +133,8 @@ def lattice_two_folds(reduced_cell: gemmi.UnitCell, max_delta_deg: float = 5.0) 
     tau = rows @ A.T  # reciprocal vectors (n, 3)
     dots = rows @ rows.T  # u·h for u in rows (axis 0) and h in rows (axis 1)
     i, j = np.nonzero(np.isin(np.abs(dots), (1, 2)))
-    deltas = np.degrees(np.arctan2(np.linalg.norm(np.cross(t[i], tau[j]), axis=1), np.abs(np.sum(t[i] * tau[j], axis=1))))
+    cross_norms = np.linalg.norm(np.cross(t[i], tau[j]), axis=1)
+    deltas = np.degrees(np.arctan2(cross_norms, np.abs(np.sum(t[i] * tau[j], axis=1))))
     close = deltas < max_delta_deg
     found: dict[tuple, TwoFold] = {}
     for i, j, delta in zip(i[close], j[close], deltas[close]):
@@ -242,21 +243,37 @@ def _monoclinic_settings(W: np.ndarray, G: np.ndarray) -> list[tuple[str, np.nda
     return settings
 
 
-def _best_by_beta(settings: list[np.ndarray], G: np.ndarray) -> np.ndarray:
+def _input_likeness(P: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Tie-break among equivalent settings: prefer the cb_op from the input with positive
+    coefficients and a large diagonal (so "a,b,c" over "-a,-b,c", "b,c,a" over "-c,b,a")."""
+    total = P @ reference
+    return float(total.sum()), float(np.trace(total))
+
+
+def _smallest_then_input_like(P: np.ndarray, reference: np.ndarray) -> tuple:
+    """Sort key: primitive/least-centred cell first, then the most input-like cb_op."""
+    likeness = _input_likeness(P, reference)
+    return round(abs(np.linalg.det(P))), -likeness[0], -likeness[1]
+
+
+def _best_by_beta(settings: list[np.ndarray], G: np.ndarray, reference: np.ndarray) -> np.ndarray:
     def key(P):
         beta = _angle_deg(G, P[0], P[2])
         a, c = np.sqrt(P[0] @ G @ P[0]), np.sqrt(P[2] @ G @ P[2])
-        return (round(beta, 3), round(a + c, 3), a > c + 1e-6, -P.sum(), -np.trace(P))
+        likeness = _input_likeness(P, reference)
+        return (round(beta, 3), round(a + c, 3), a > c + 1e-6, -likeness[0], -likeness[1])
 
     return min(settings, key=key)
 
 
-def _monoclinic(W: np.ndarray, G: np.ndarray, best_monoclinic_beta: bool) -> tuple[str, np.ndarray]:
+def _monoclinic(
+    W: np.ndarray, G: np.ndarray, best_monoclinic_beta: bool, reference: np.ndarray
+) -> tuple[str, np.ndarray]:
     settings = _monoclinic_settings(W, G)
     primitive = [P for centring, P in settings if centring == "P"]
     if primitive:
-        return "mP", _best_by_beta(primitive, G)
-    best_c = _best_by_beta([P for centring, P in settings if centring == "C"], G)
+        return "mP", _best_by_beta(primitive, G, reference)
+    best_c = _best_by_beta([P for centring, P in settings if centring == "C"], G, reference)
     if best_monoclinic_beta:
         # DIALS: the I-centred alternative a+c, b, c replaces C if 90 <= β' < β
         # (then written with the shorter of its two plane edges as a).
@@ -270,14 +287,14 @@ def _monoclinic(W: np.ndarray, G: np.ndarray, best_monoclinic_beta: bool) -> tup
     return "mC", best_c
 
 
-def _right_handed_sign_choice(P: np.ndarray) -> np.ndarray:
+def _right_handed_sign_choice(P: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Of the sign changes of the rows that leave the cell right-handed, the one nearest the identity."""
     options = []
     for signs in itertools.product((1, -1), repeat=3):
         Q = P * np.array(signs)[:, None]
         if np.linalg.det(Q) > 0:
             options.append(Q)
-    return max(options, key=lambda Q: (Q.sum(), np.trace(Q)))
+    return max(options, key=lambda Q: _input_likeness(Q, reference))
 
 
 def _centring(P: np.ndarray) -> str:
@@ -295,7 +312,7 @@ def _centring(P: np.ndarray) -> str:
     return "?"
 
 
-def _orthorhombic(two_folds: list[np.ndarray], G: np.ndarray) -> tuple[str, np.ndarray]:
+def _orthorhombic(two_folds: list[np.ndarray], G: np.ndarray, reference: np.ndarray) -> tuple[str, np.ndarray]:
     axes = [_axis(W) for W in two_folds]
     length = lambda v: float(np.sqrt(v @ G @ v))  # noqa: E731
     axes.sort(key=length)
@@ -308,7 +325,7 @@ def _orthorhombic(two_folds: list[np.ndarray], G: np.ndarray) -> tuple[str, np.n
         other = ({0, 1, 2} - set(face)).pop()
         P = np.array([axes[face[0]], axes[face[1]], axes[other]])
         centring = "C"
-    return "o" + centring, _right_handed_sign_choice(P)
+    return "o" + centring, _right_handed_sign_choice(P, reference)
 
 
 def _axis_system(
@@ -333,7 +350,7 @@ def _axis_system(
 
 
 def _conventional_setting(
-    rotations: list[np.ndarray], G: np.ndarray, best_monoclinic_beta: bool
+    rotations: list[np.ndarray], G: np.ndarray, best_monoclinic_beta: bool, reference: np.ndarray
 ) -> tuple[str, np.ndarray] | None:
     """(setting symbol, P from the reduced cell) or None if the group is not a lattice holohedry."""
     by_order: dict[int, list[np.ndarray]] = {}
@@ -344,19 +361,19 @@ def _conventional_setting(
     if order == 1:
         return "aP", np.eye(3, dtype=int)
     if order == 2:
-        return _monoclinic(two_folds[0], G, best_monoclinic_beta)
+        return _monoclinic(two_folds[0], G, best_monoclinic_beta, reference)
     if order == 4 and len(two_folds) == 3:
-        return _orthorhombic(two_folds, G)
+        return _orthorhombic(two_folds, G, reference)
     if order == 8:
         four = by_order[4][0]
         cells = _axis_system(four, four, [W for W in two_folds if not np.array_equal(_axis(W), _axis(four))], G, 90.0)
-        P = min(cells, key=lambda P: (round(abs(np.linalg.det(P))), -P.sum(), -np.trace(P)))
+        P = min(cells, key=lambda P: _smallest_then_input_like(P, reference))
         return "t" + _centring(P), P
     if order == 12:
         six = by_order[6][0]
         three = np.rint(six @ six).astype(int)
         cells = _axis_system(six, three, two_folds, G, 120.0)
-        P = min(cells, key=lambda P: (round(abs(np.linalg.det(P))), -P.sum(), -np.trace(P)))
+        P = min(cells, key=lambda P: _smallest_then_input_like(P, reference))
         return ("hP", P) if round(abs(np.linalg.det(P))) == 1 else None
     if order == 6:
         three = by_order[3][0]
@@ -373,7 +390,7 @@ def _conventional_setting(
         for v in axes:
             if not any(np.array_equal(v, u) or np.array_equal(v, -u) for u in unique):
                 unique.append(v)
-        P = _right_handed_sign_choice(np.array(unique[:3]))
+        P = _right_handed_sign_choice(np.array(unique[:3]), reference)
         return "c" + _centring(P), P
     return None
 
@@ -410,7 +427,7 @@ def bravais_settings(
     # Conjugate subgroups are kept apart (as cctbx/DIALS list them): with an only nearly
     # symmetric metric they fit differently.
     for H in subgroups:
-        conventional = _conventional_setting(H, G, best_monoclinic_beta)
+        conventional = _conventional_setting(H, G, best_monoclinic_beta, to_reduced.P)
         if conventional is None:
             continue
         symbol, P_reduced = conventional
@@ -463,19 +480,37 @@ def _centring_matches(cb_op: ChangeOfBasis, space_group: gemmi.SpaceGroup) -> bo
     return all(_is_lattice_vector(cb_op.P.T @ t) for t in translations)
 
 
+def _cell_misfit(cell: gemmi.UnitCell, target: gemmi.UnitCell) -> float:
+    """Largest relative length difference / 10 % or angle difference / 5°, whichever is worse."""
+    p, t = np.array(cell.parameters), np.array(target.parameters)
+    return float(max(np.max(np.abs(p[:3] - t[:3]) / t[:3]) / 0.1, np.max(np.abs(p[3:] - t[3:])) / 5.0))
+
+
+_AXIS_PERMUTATIONS = [np.eye(3)[list(order)] * np.array(signs)[:, None]
+                      for order, signs in (((0, 1, 2), (1, 1, 1)), ((1, 2, 0), (1, 1, 1)), ((2, 0, 1), (1, 1, 1)),
+                                           ((1, 0, 2), (1, 1, -1)), ((0, 2, 1), (1, 1, -1)), ((2, 1, 0), (1, 1, -1)))]
+
+
 def setting_for_space_group(
-    cell: gemmi.UnitCell | tuple, space_group: gemmi.SpaceGroup | str, max_delta_deg: float = 5.0
+    cell: gemmi.UnitCell | tuple,
+    space_group: gemmi.SpaceGroup | str,
+    max_delta_deg: float = 5.0,
+    target_cell: gemmi.UnitCell | tuple | None = None,
 ) -> BravaisSetting | None:
     """The lattice subgroup of the target's Bravais type with the smallest δ, in the target's setting.
 
     As ``dials.index space_group=...``: the best C-centred cell (best_monoclinic_beta=False) for
     C2; a target given in a non-reference setting (e.g. "I 1 2 1") is reached with its basis op.
-    Returns None when the lattice has no such subgroup within max_delta.
+    With ``target_cell`` the setting whose cell is closest to it is preferred (orthorhombic axes
+    may then be permuted to follow the given cell).  Returns None when the lattice has no such
+    subgroup within max_delta.
     """
     if isinstance(space_group, str):
         space_group = gemmi.SpaceGroup(space_group)
     if not isinstance(cell, gemmi.UnitCell):
         cell = gemmi.UnitCell(*cell)
+    if target_cell is not None and not isinstance(target_cell, gemmi.UnitCell):
+        target_cell = gemmi.UnitCell(*target_cell)
     target = bravais_type_of_space_group(space_group)
     matches = [
         s
@@ -490,16 +525,19 @@ def setting_for_space_group(
         ChangeOfBasis.identity(), ChangeOfBasis(reference_op), ChangeOfBasis(np.linalg.inv(reference_op).T),
         ChangeOfBasis(reference_op.T), ChangeOfBasis(np.linalg.inv(reference_op)),
     ]
+    if target_cell is not None and target[0] == "o":
+        to_target_options = [op.then(ChangeOfBasis(Q)) for op in to_target_options for Q in _AXIS_PERMUTATIONS]
     candidates = []
     for setting in matches:
         for to_target in to_target_options:
-            target_cell = to_target.apply_to_cell(setting.unit_cell)
-            if _metric_residual(target_cell, space_group) < 1e-6 and _centring_matches(
+            cell_in_target = to_target.apply_to_cell(setting.unit_cell)
+            if _metric_residual(cell_in_target, space_group) < 1e-6 and _centring_matches(
                 setting.cb_op.then(to_target), space_group
             ):
+                misfit = 0.0 if target_cell is None else round(_cell_misfit(cell_in_target, target_cell), 6)
                 preference = (
-                    round(setting.max_delta_deg, 6), round(abs(target_cell.beta - 90.0), 6),
-                    target_cell.beta < 90.0, not to_target.is_identity(),
+                    misfit, round(setting.max_delta_deg, 6), round(abs(cell_in_target.beta - 90.0), 6),
+                    cell_in_target.beta < 90.0, not to_target.is_identity(),
                 )
                 candidates.append((preference, setting, to_target))
     if not candidates:

@@ -168,7 +168,8 @@ def test_setting_for_space_group_settings_and_absence():
 
 
 def test_symmetrize_cell_and_bravais_types():
-    assert cell_close(symmetrize_cell((77.7, 77.9, 38.0, 90.2, 89.9, 90.1), "P 43 21 2"), (77.8, 77.8, 38.0, 90, 90, 90), 1e-3, 1e-6)
+    tetragonal = symmetrize_cell((77.7, 77.9, 38.0, 90.2, 89.9, 90.1), "P 43 21 2")
+    assert cell_close(tetragonal, (77.8, 77.8, 38.0, 90, 90, 90), 1e-3, 1e-6)
     sym = symmetrize_cell((99.0, 31.0, 54.3, 90.3, 107.7, 89.8), "C 1 2 1")
     assert abs(sym.alpha - 90) < 1e-9 and abs(sym.gamma - 90) < 1e-9 and abs(sym.beta - 107.7) < 1e-6
     assert bravais_type_of_space_group("C2") == "mC"
@@ -176,3 +177,13 @@ def test_symmetrize_cell_and_bravais_types():
     assert bravais_type_of_space_group("R 3:H") == "hR"
     assert bravais_type_of_space_group("P 31 2 1") == "hP"
     assert bravais_type_of_space_group("F 2 3") == "cF"
+
+
+def test_setting_follows_input_basis_and_target_cell():
+    # an already conventional (but Niggli-sign-flipped) input keeps its basis
+    assert setting_for_space_group((50, 60, 70, 90.1, 90, 89.9), "P 21 21 2").cb_op.as_string() == "a,b,c"
+    # a target cell picks the orthorhombic axis order
+    for target in ((50, 70, 60, 90, 90, 90), (70, 60, 50, 90, 90, 90)):
+        setting = setting_for_space_group((50, 60, 70, 90.1, 90, 89.9), "P 21 21 2", target_cell=target)
+        assert cell_close(setting.unit_cell, target, 1e-3, 0.2)
+        assert setting.cb_op.determinant > 0
