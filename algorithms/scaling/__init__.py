@@ -2,7 +2,7 @@
 from algorithms.scaling.data import CorrectedIntensities, DatasetScan, ScalingData, excluded_for_scaling, prepare_intensities
 from algorithms.scaling.error_model import ErrorModel, refine_error_model
 from algorithms.scaling.model import ModelOptions, PhysicalModel
-from algorithms.scaling.scale_and_filter import (DatasetModelResult, FilteringCycle, FilteringResult, ScalingOptions,
+from algorithms.scaling.scaler import (DatasetModelResult, FilteringCycle, FilteringResult, ScalingOptions,
                                                  ScalingResult, scale_and_filter)
 
 __all__ = ["CorrectedIntensities", "DatasetScan", "ScalingData", "excluded_for_scaling", "prepare_intensities",

@@ -77,10 +77,12 @@ def _intensity_bins(log_intensity: np.ndarray, n_bins: int) -> np.ndarray:
 
 def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, variance: np.ndarray,
                        g: np.ndarray, active: np.ndarray, partiality: np.ndarray, min_Ih: float = 25.0,
-                       n_bins: int = 10, start: ErrorModel | None = None) -> ErrorModel:
+                       n_bins: int = 10) -> ErrorModel:
     """Fit a, b on suitable reflections (``intensity``/``variance`` unscaled, before the error model).
 
-    ``start``: a previously refined model to start the alternation from (later scaling rounds)."""
+    Always starts from a = 1, b = 0.02: along the flat a–b ridge the alternation's end point depends
+    on its start, and a warm start would carry an early round's bias (scales not yet refined with
+    error-model weights) into the final model."""
     scaled_i, scaled_var = intensity / g, variance / g**2
     mean_h, _, n_h = weighted_group_means(group, n_groups, scaled_i, scaled_var, active)
     i_over_sigma = np.bincount(group, np.where(active, scaled_i / np.sqrt(scaled_var), 0.0), n_groups) / np.maximum(n_h, 1)
@@ -137,7 +139,7 @@ def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, 
     def a_for(b):  # δ ∝ 1/a, so the a that makes the probability-plot slope 1 is exact in one step
         return _quantile_slope(deviations(1.0, b))
 
-    a, b = (start.a, start.b) if start is not None and start.refined and start.a > 0.4 else (1.0, DEFAULT_B)
+    a, b = 1.0, DEFAULT_B
     converged = False
     for _ in range(MAX_CYCLES):
         new_a = a_for(b)

@@ -211,7 +211,7 @@ class _JointScaler:
         g = self.model.inverse_scale(self.parameters)
         self.error_model = refine_error_model(self.group, self.n_groups, self.intensity, self.raw_variance, g,
                                               self.active, self.data.partiality, self.options.min_Ih,
-                                              self.options.error_model_n_bins, start=self.error_model)
+                                              self.options.error_model_n_bins)
 
     def run(self, full_matrix: bool) -> None:
         """One scaling run (steps 1–3 and 5; step 4 when ``full_matrix``)."""
