@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dask
-import dask.array as da
 import numpy as np
 
 from algorithms.geometry.models import Experiment
@@ -37,6 +36,7 @@ from pipeline.errors import InputFileError, ParameterError
 from pipeline.images import open_image_stack
 from pipeline.params import param, scope
 from pipeline.steps import StepResult
+from pipeline.steps import find_spots
 from pipeline.steps.find_spots import DEFAULT_CHUNK_IMAGES, Mp, Threshold
 from pipeline.views.detector_png import COLOUR_SCHEMES, DetectorPicture, Ring, auto_display_maximum, render_png
 from pipeline.views.overlays import (
@@ -131,13 +131,10 @@ def stacked_images(experiment: Experiment, first_image: int, last_image: int, st
 
 
 def _dispersion_parameters(threshold: Threshold) -> DispersionParameters:
-    d = threshold.dispersion
-    try:
-        return DispersionParameters(algorithm=threshold.algorithm, gain=d.gain, kernel_size=tuple(d.kernel_size),
-                                    sigma_background=d.sigma_background, sigma_strong=d.sigma_strong,
-                                    min_local=d.min_local, global_threshold=d.global_threshold)
-    except ValueError as error:
-        raise ParameterError(f"threshold: {error}") from None
+    """find_spots' mapping of the threshold parameters, applied to this step's ``threshold``."""
+    spot_finding = find_spots.Params()
+    spot_finding.spotfinder.threshold = threshold
+    return find_spots.dispersion_parameters(spot_finding)
 
 
 def _image_range(experiment: Experiment, params: Params) -> tuple[int, int]:
