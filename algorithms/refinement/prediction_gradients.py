@@ -82,10 +82,10 @@ def predict_centroids(q: np.ndarray, state: GeometryState, entering: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
-def _gradients_kernel(q_dq, phi, r, s1, v, axis, S, axis_lab, ds0, dS_Sinv, D_inv, dD, out):
+def _gradients_kernel(q_dq, phi, r, s1, v, valid, axis, S, axis_lab, ds0, dS_Sinv, D_inv, dD, out):
     """Per reflection i and parameter p: out[:, i, p] = d(x, y, φ)/dp (formulas in the module
-    docstring); q_dq[p, i] is d(F·A·h)/dp in the φ-axis frame. Explicit 3-vector loops keep
-    the kernel free of allocations."""
+    docstring); q_dq[p, i] is d(F·A·h)/dp in the φ-axis frame. Rows without a valid prediction
+    stay zero. Explicit 3-vector loops keep the kernel free of allocations."""
     n_par, n = q_dq.shape[0], q_dq.shape[1]
     K = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
     R = np.empty((3, 3))
@@ -94,6 +94,8 @@ def _gradients_kernel(q_dq, phi, r, s1, v, axis, S, axis_lab, ds0, dS_Sinv, D_in
     dr = np.empty(3)
     w = np.empty(3)
     for i in range(n):
+        if not valid[i]:
+            continue
         c, s = np.cos(phi[i]), np.sin(phi[i])
         # M = S·R(ê, φ) with Rodrigues' R = I cos φ + K sin φ + êêᵀ(1 − cos φ)
         for a in range(3):
@@ -106,6 +108,8 @@ def _gradients_kernel(q_dq, phi, r, s1, v, axis, S, axis_lab, ds0, dS_Sinv, D_in
         exr[1] = axis_lab[2] * r[i, 0] - axis_lab[0] * r[i, 2]
         exr[2] = axis_lab[0] * r[i, 1] - axis_lab[1] * r[i, 0]
         denominator = s1[i, 0] * exr[0] + s1[i, 1] * exr[1] + s1[i, 2] * exr[2]
+        if denominator == 0.0:  # tangent to the Ewald sphere: φ is not differentiable
+            continue
         x, y = v[i, 0] / v[i, 2], v[i, 1] / v[i, 2]
         for p in range(n_par):
             numerator = 0.0
@@ -132,7 +136,7 @@ def centroid_gradients(q: np.ndarray, pred: PredictedCentroids, state: GeometryS
     out = np.zeros((3, n, n_par))
     if n_par and n:
         _gradients_kernel(
-            np.ascontiguousarray(deriv.dq), pred.phi_rad, pred.r, pred.s1, pred.v, state.axis, S, S @ state.axis,
+            np.ascontiguousarray(deriv.dq), pred.phi_rad, pred.r, pred.s1, pred.v, pred.valid, state.axis, S, S @ state.axis,
             np.ascontiguousarray(deriv.ds0), np.ascontiguousarray(deriv.dS @ np.linalg.inv(S)),
             np.linalg.inv(state.d_matrix), np.ascontiguousarray(deriv.dD), out,
         )
