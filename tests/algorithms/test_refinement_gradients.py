@@ -89,3 +89,26 @@ def test_metric_parameterisation(cell, group, n_params):
         down[k] -= h
         assert np.allclose((param.compose(up)[0] - param.compose(down)[0]) / (2 * h), dB[k], rtol=1e-6, atol=1e-12)
         assert np.allclose((param.cell(up) - param.cell(down)) / (2 * h), jac[:, k], rtol=1e-5, atol=1e-8)
+
+
+def test_gradients_with_fixed_and_setting_rotations():
+    from algorithms.geometry.models import rotation_matrix
+
+    experiment = xray_experiment(2)
+    experiment.goniometer.fixed_rotation = rotation_matrix((0.3, 0.5, 0.8), np.radians(30.0))
+    experiment.goniometer.setting_rotation = rotation_matrix((0.0, 1.0, 0.2), np.radians(10.0))
+    _compare(experiment, scan_varying=False)
+
+
+def test_predict_for_indexed_with_fixed_and_setting_rotations():
+    from algorithms.geometry.models import rotation_matrix
+    from algorithms.geometry.prediction import miller_indices_to_d_min, predict_rotation
+    from algorithms.refinement import predict_for_indexed
+
+    e = xray_experiment(2)
+    e.goniometer.fixed_rotation = rotation_matrix((0.3, 0.5, 0.8), np.radians(30.0))
+    e.goniometer.setting_rotation = rotation_matrix((0.0, 1.0, 0.2), np.radians(10.0))
+    pred = predict_rotation(miller_indices_to_d_min(e.crystal.A, 2.0), e.crystal.A, e.beam, e.detector, e.goniometer, e.scan)
+    assert len(pred) > 100
+    got = predict_for_indexed(e, pred.miller_index, pred.entering, pred.phi_rad + 0.05)
+    assert np.allclose(got.xyzcal_mm, pred.xyzcal_mm, atol=1e-9)
