@@ -20,6 +20,9 @@ from algorithms.geometry.models import Beam, Crystal, Detector, Goniometer, Scan
 
 CORRUPTION_KINDS = ("noise", "scrambled", "streak")
 BAD_CRYSTAL_KINDS = ("cell", "structure", "both")
+IMAGE_FORMATS = ("timepix_su", "adsc")
+# the beam dxtbx builds from each header: Timepix SU unpolarised, ADSC (synchrotron) 0.999
+POLARIZATION_FRACTION = {"timepix_su": 0.5, "adsc": 0.999}
 
 # purposes of the seeded random streams
 _SEED_STRUCTURE, _SEED_PLAN, _SEED_OBSERVATIONS, _SEED_NOISE, _SEED_BAD_STRUCTURE = range(5)
@@ -46,6 +49,7 @@ class SimulationSpec:
     distance: float = 1762.0
     header_distance: float | None = None  # DISTANCE written to the image headers; None → distance
     image_size: tuple = (516, 516)  # (fast, slow) pixels
+    image_format: str = "timepix_su"  # SMV header style: "timepix_su" (516×516 only) or "adsc"
     pixel_size: float = 0.055
     beam_centre_px: tuple = (228.0, 235.0)  # (fast, slow)
     beam_centre_jitter_px: float = 1.0
@@ -87,6 +91,9 @@ class SimulationSpec:
             (self.pixel_size > 0, "pixel_size must be positive (mm)"),
             (self.oscillation_width > 0, "oscillation_width must be positive (deg)"),
             (self.sigma_m > 0 and self.sigma_b > 0, "sigma_m and sigma_b must be positive (deg)"),
+            (self.image_format in IMAGE_FORMATS, f"image_format must be one of {IMAGE_FORMATS}"),
+            (self.image_format != "timepix_su" or tuple(self.image_size) == (516, 516),
+             "image_format=timepix_su needs image_size=516,516 (the only Timepix SU layout); use image_format=adsc"),
             (self.bad_crystal_kind in BAD_CRYSTAL_KINDS, f"bad_crystal_kind must be one of {BAD_CRYSTAL_KINDS}"),
             (0 <= self.n_bad_crystals < self.n_crystals or self.n_bad_crystals == 0,
              "n_bad_crystals must be smaller than n_crystals (crystal 1 is always good)"),
@@ -135,6 +142,7 @@ PRESETS: dict[str, SimulationSpec] = {
         wavelength=0.9793,
         distance=150.0,
         image_size=(1000, 1000),
+        image_format="adsc",
         pixel_size=0.172,
         beam_centre_px=(502.0, 497.0),
         beam_centre_jitter_px=0.5,
@@ -144,7 +152,7 @@ PRESETS: dict[str, SimulationSpec] = {
         oscillation_width=0.5,
         exposure_time=0.1,
         sigma_m=0.15,
-        sigma_b=0.03,
+        sigma_b=0.05,
         wilson_b=20.0,
         scale=2.0,
         decay_per_image=0.001,
@@ -198,8 +206,8 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     )
 
 
-def timepix_detector(spec: SimulationSpec, beam_centre_px: tuple[float, float], distance: float) -> Detector:
-    """The flat panel as dxtbx builds it from a TimePix SMV header: fast +x, slow −y,
+def smv_detector(spec: SimulationSpec, beam_centre_px: tuple[float, float], distance: float) -> Detector:
+    """The flat panel as dxtbx builds it from a Timepix SU or ADSC SMV header: fast +x, slow −y,
     origin (−bx, +by, −distance) with the beam centre (bx, by) in mm."""
     bx, by = beam_centre_px[0] * spec.pixel_size, beam_centre_px[1] * spec.pixel_size
     return Detector(
@@ -289,12 +297,13 @@ def plan_crystals(spec: SimulationSpec) -> list[CrystalPlan]:
         if bad_kind in ("cell", "both"):
             cell = _bad_cell(cell, spec.bad_cell_change_percent, rng)
         A_points = _scan_points(U, cell, spec, drift_axis)
-        beam = Beam(direction=(0.0, 0.0, 1.0), wavelength=spec.wavelength)
+        beam = Beam(direction=(0.0, 0.0, 1.0), wavelength=spec.wavelength,
+                    polarization_fraction=POLARIZATION_FRACTION[spec.image_format])
         plans.append(
             CrystalPlan(
                 index=index,
                 beam=beam,
-                detector=timepix_detector(spec, centre, spec.distance),
+                detector=smv_detector(spec, centre, spec.distance),
                 goniometer=Goniometer(rotation_axis=spec.rotation_axis),
                 scan=Scan(
                     image_range=(1, spec.n_images),

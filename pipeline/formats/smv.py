@@ -80,6 +80,49 @@ def timepix_su_header(
     }
 
 
+def adsc_header(
+    *,
+    image_size: tuple[int, int],
+    pixel_size_mm: float,
+    distance_mm: float,
+    osc_start_deg: float,
+    osc_range_deg: float,
+    wavelength_A: float,
+    beam_centre_px: tuple[float, float],
+    exposure_time_s: float,
+    epoch_s: float,
+) -> dict[str, str]:
+    """An ADSC-style SMV header (any detector size; dxtbx's FormatSMVADSC: rotation axis
+    (1, 0, 0), beam centre in mm in the Mosflm frame, BEAM_CENTER_X along slow)."""
+    fast, slow = beam_centre_px
+    return {
+        "HEADER_BYTES": f"{HEADER_BYTES:5d}",
+        "DIM": "2",
+        "BYTE_ORDER": "little_endian",
+        "TYPE": "unsigned_short",
+        "SIZE1": str(int(image_size[0])),
+        "SIZE2": str(int(image_size[1])),
+        "PIXEL_SIZE": _decimal(pixel_size_mm),
+        "BIN": "none",
+        "ADC": "fast",
+        "DETECTOR_SN": "0",
+        "BEAMLINE": "SIMULATED",
+        "DATE": time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(epoch_s)),
+        "TIME": _decimal(exposure_time_s),
+        "DISTANCE": _decimal(distance_mm),
+        "OSC_RANGE": _decimal(osc_range_deg),
+        "PHI": _decimal(osc_start_deg),
+        "OSC_START": _decimal(osc_start_deg),
+        "TWOTHETA": "0.00",
+        "AXIS": "phi",
+        "WAVELENGTH": _decimal(wavelength_A, 5),
+        "BEAM_CENTER_X": _decimal(slow * pixel_size_mm),
+        "BEAM_CENTER_Y": _decimal(fast * pixel_size_mm),
+        "GAIN": "1.0",
+        "CCD_IMAGE_SATURATION": "65535",
+    }
+
+
 def smv_header_bytes(header: dict) -> bytes:
     """``{\\nKEY=VALUE;\\n…}`` padded with NUL bytes to HEADER_BYTES."""
     text = "{\n" + "".join(f"{key}={value};\n" for key, value in header.items()) + "}"

@@ -41,7 +41,7 @@ from algorithms.simulate.observations import Observations
 from algorithms.simulate.spec import CrystalPlan
 from algorithms.simulate.structure import StructureModel
 from pipeline.errors import EwaldError, InputFileError, ParameterError
-from pipeline.formats.smv import timepix_su_header, write_smv_image
+from pipeline.formats.smv import adsc_header, timepix_su_header, write_smv_image
 from pipeline.params import param
 from pipeline.steps import StepResult
 
@@ -72,6 +72,9 @@ class Params:
         None, "DISTANCE written into the image headers (mm); None = the preset's (myd88: 2.193 as the real files), "
               "or the true distance.")
     image_size: tuple[int, int] | None = param(None, "Detector pixels fast,slow.")
+    image_format: Literal["timepix_su", "adsc"] | None = param(
+        None, "SMV header style: 'timepix_su' (516×516 Timepix, as the MyD88 files) or 'adsc' (any size; "
+              "X-ray beam polarisation 0.999 as dxtbx assumes for it).")
     pixel_size: float | None = param(None, "Pixel size (mm).")
     beam_centre_px: tuple[float, float] | None = param(None, "Mean beam centre fast,slow (pixels).")
     beam_centre_jitter_px: float | None = param(None, "Per-crystal beam-centre spread (± pixels).")
@@ -280,8 +283,9 @@ def write_crystal(folder: Path, simulated: SimulatedCrystal, spec: SimulationSpe
     images = simulated.images
     if images.dtype != np.uint16:
         images = np.clip(np.rint(images), 0, 65535).astype(np.uint16)
+    make_header = timepix_su_header if spec.image_format == "timepix_su" else adsc_header
     for k in range(spec.n_images):  # one file per image
-        header = timepix_su_header(
+        header = make_header(
             image_size=spec.image_size,
             pixel_size_mm=spec.pixel_size,
             distance_mm=header_distance,

@@ -125,3 +125,19 @@ def test_overwrite_replaces_a_previous_simulation(tmp_path, monkeypatch):
     assert main(["simulate", "preset=tiny", "n_crystals=1", "n_images=1", "seed=2", "overwrite=True", "again"]) == 0
     assert (tmp_path / "again" / "1" / "truth.json").read_text() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "simulate.log"]
+
+
+def test_xray_preset_writes_adsc_images_that_import_to_the_true_geometry(tmp_path):
+    out = tmp_path / "xray"
+    run(Params(preset="xray", n_crystals=1, n_images=2, image_size=(400, 400), beam_centre_px=(201.0, 198.0)), out)
+    truth = read_truth(out / "1")
+    experiment = import_experiments([out / "1"])[0]
+    assert experiment.imageset["format_class"] == "FormatSMVADSC"
+    true = truth.experiment
+    np.testing.assert_allclose(experiment.detector.origin, true.detector.origin, atol=1e-9)
+    np.testing.assert_allclose(experiment.goniometer.rotation_axis, true.goniometer.rotation_axis)
+    np.testing.assert_allclose(experiment.scan.oscillation, true.scan.oscillation, atol=1e-9)
+    assert experiment.beam.polarization_fraction == true.beam.polarization_fraction == 0.999
+    assert truth.record["space_group"] == "P 43 21 2" and truth.record["probe"] == "x-ray"
+    images = np.stack([read_image_file(out / "1" / f"{k:05d}.img") for k in (1, 2)])
+    assert images.shape == (2, 400, 400) and images.max() > 100
