@@ -1,0 +1,184 @@
+"""Integration in three pure functions, so that the pipeline can map the middle one over
+image blocks: :func:`predict_reflections` (every reflection with its shoebox), then
+:func:`integrate_image_block` (background, summation and the Kabsch-grid mapping of the
+reflections a block owns), then :func:`fit_reference_profiles` (learn profiles from the fully
+recorded strong reflections and fit every reflection).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from algorithms.geometry.models import Experiment
+from algorithms.geometry.prediction import (
+    miller_indices_to_d_min,
+    predict_rotation,
+    predict_rotation_scan_varying,
+)
+from algorithms.integration import kernels
+from algorithms.integration.kabsch import kabsch_frame, lorentz_polarisation
+from algorithms.integration.profiles import (
+    learn_reference_profiles,
+    nearest_available_profile,
+    sampler_coordinates,
+)
+from algorithms.integration.shoebox_geometry import compute_bboxes, partiality
+
+
+@dataclass
+class ProfileModel:
+    """DIALS' ``gaussian_rs`` profile model (angles in degrees)."""
+
+    sigma_b_deg: float
+    sigma_m_deg: float
+    n_sigma: float = 3.0
+
+    def grid_steps_rad(self) -> tuple[float, float]:
+        """Kabsch-grid cell sizes: half-extent 1.5·n_sigma·σ over 5.5 cells."""
+        extent = 1.5 * self.n_sigma / (kernels.GRID_HALF + 0.5)
+        return np.radians(self.sigma_b_deg) * extent, np.radians(self.sigma_m_deg) * extent
+
+
+def predict_reflections(
+    experiment: Experiment, profile: ProfileModel, d_min: float | None = None, d_max: float | None = None,
+    min_zeta: float = 0.05, sigma_b_multiplier: float = 2.0,
+) -> dict[str, np.ndarray]:
+    """Every reflection predicted in the scan with its Kabsch frame, bounding box, partiality
+    and LP factor; the scan-varying crystal model is used when the crystal has one."""
+    beam, det, gonio, scan, crystal = (experiment.beam, experiment.detector, experiment.goniometer,
+                                       experiment.scan, experiment.crystal)
+    s0 = beam.s0
+    if d_min is None:
+        d_min = det.max_resolution(s0)
+    A_ref = crystal.A if crystal.A_at_scan_points is None else crystal.A_at_scan_points.mean(axis=0)
+    hkl = miller_indices_to_d_min(A_ref * 0.995, d_min, None)  # a margin for cells varying in the scan
+    if crystal.A_at_scan_points is not None:
+        pred = predict_rotation_scan_varying(hkl, crystal.A_at_scan_points, beam, det, gonio, scan)
+    else:
+        pred = predict_rotation(hkl, crystal.A, beam, det, gonio, scan)
+    d = 1.0 / np.linalg.norm(pred.s1 - s0, axis=1)
+    keep = d >= d_min
+    if d_max is not None:
+        keep &= d <= d_max
+    pred = pred.select(keep)
+    d = d[keep]
+    axis_lab = gonio.rotation_axis_lab
+    e1, e2, _, zeta = kabsch_frame(pred.s1, s0, axis_lab)
+    bbox = compute_bboxes(pred.s1, pred.phi_rad, e1, e2, zeta, det, scan, profile.sigma_b_deg,
+                          profile.sigma_m_deg, profile.n_sigma, sigma_b_multiplier)
+    is_electron = beam.probe == "electron" or (beam.probe is None and beam.wavelength < 0.1)
+    lp = lorentz_polarisation(pred.s1, s0, axis_lab, beam.polarization_normal, beam.polarization_fraction,
+                              apply_polarisation=not is_electron)
+    return {
+        "miller_index": pred.miller_index,
+        "s1": pred.s1,
+        "entering": pred.entering,
+        "xyzcal.px": pred.xyzcal_px,
+        "xyzcal.mm": pred.xyzcal_mm,
+        "d": d,
+        "e1": e1,
+        "e2": e2,
+        "zeta": zeta,
+        "bbox": bbox,
+        "partiality": partiality(pred.phi_rad, zeta, bbox, scan, profile.sigma_m_deg),
+        "lp": lp,
+        "dont_integrate": np.abs(zeta) < min_zeta,
+    }
+
+
+def pixel_validity_mask(experiment: Experiment) -> np.ndarray:
+    """Static mask (n_slow, n_fast): True where pixels may be used (detector mask rectangles)."""
+    nf, ns = experiment.detector.image_size
+    valid = np.ones((ns, nf), dtype=bool)
+    for x0, x1, y0, y1 in experiment.detector.mask:
+        valid[y0:y1, x0:x1] = False
+    return valid
+
+
+def integrate_image_block(
+    images: np.ndarray, z_first: int, pixel_valid: np.ndarray, experiment: Experiment, profile: ProfileModel,
+    predicted: dict[str, np.ndarray], rows: np.ndarray, min_background_pixels: int = 10,
+) -> dict[str, np.ndarray]:
+    """Background, summation and Kabsch-grid mapping for the reflections ``rows`` of
+    ``predicted`` (whose boxes lie in ``images`` (nz, n_slow, n_fast), the first of which has
+    array index ``z_first``); all of ``predicted`` is used to keep others' foreground out of
+    each reflection's background."""
+    det, scan = experiment.detector, experiment.scan
+    n = len(rows)
+    delta_b = np.radians(profile.n_sigma * profile.sigma_b_deg)
+    bbox_all = np.ascontiguousarray(predicted["bbox"], dtype=np.int64)
+    claimed = kernels.paint_foreground(images.shape, int(z_first), bbox_all, predicted["e1"], predicted["e2"],
+                                       det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
+                                       delta_b)
+    mine = {k: v[rows] for k, v in predicted.items()}
+    G = kernels.GRID
+    out = {
+        "intensity.sum.value": np.zeros(n),
+        "intensity.sum.variance": np.zeros(n),
+        "background.mean": np.zeros(n),
+        "num_pixels.foreground": np.zeros(n, np.int64),
+        "num_pixels.background": np.zeros(n, np.int64),
+        "kernel_flags": np.zeros(n, np.int64),
+        "xyzobs.px.value": np.zeros((n, 3)),
+        "grid_counts": np.zeros((n, G, G, G), np.float32),
+        "grid_cover": np.zeros((n, G, G, G), np.float32),
+        "grid_cover2": np.zeros((n, G, G, G), np.float32),
+        "grid_bad": np.zeros((n, G, G, G), np.bool_),
+        "voxel_volume": np.zeros(n),
+    }
+    step_b, step_m = profile.grid_steps_rad()
+    phi_start, dphi = np.radians(scan.oscillation)
+    kernels.integrate_block(
+        np.ascontiguousarray(images), int(z_first), pixel_valid, float(det.trusted_range[0]),
+        float(det.trusted_range[1]), claimed,
+        np.ascontiguousarray(mine["bbox"], dtype=np.int64), mine["s1"], mine["e1"], mine["e2"],
+        mine["zeta"], mine["xyzcal.mm"][:, 2],
+        det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
+        delta_b, float(phi_start), float(dphi), int(scan.image_range[0]),
+        step_b, step_m, min_background_pixels,
+        out["intensity.sum.value"], out["intensity.sum.variance"], out["background.mean"],
+        out["num_pixels.foreground"], out["num_pixels.background"], out["kernel_flags"], out["xyzobs.px.value"],
+        out["grid_counts"], out["grid_cover"], out["grid_cover2"], out["grid_bad"], out["voxel_volume"],
+    )
+    return out
+
+
+def fit_reference_profiles(
+    experiment: Experiment, profile: ProfileModel, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
+    is_reference: np.ndarray, threshold: float = 0.02, scan_step_deg: float = 5.0,
+) -> dict[str, np.ndarray]:
+    """Learn reference profiles from ``is_reference`` rows and fit every reflection.
+
+    Returns intensity.prf.value/variance, profile.correlation, the number of cells fitted and
+    the number of references behind the profile each reflection used.
+    """
+    det, scan = experiment.detector, experiment.scan
+    step_b, step_m = profile.grid_steps_rad()
+    cell_volume = step_b * step_b * step_m
+    z_range = scan.array_range
+    coords, shape = sampler_coordinates(predicted["xyzcal.px"][:, :2], predicted["xyzcal.px"][:, 2], det.image_size,
+                                        z_range, z_step_images=scan_step_deg / abs(scan.oscillation[1]))
+    profiles, n_refs, available = learn_reference_profiles(
+        coords, shape, is_reference, block["grid_counts"], block["grid_cover"], block["grid_bad"],
+        block["background.mean"], block["voxel_volume"], block["intensity.sum.value"], cell_volume, threshold,
+        profile.n_sigma / (1.5 * profile.n_sigma / (kernels.GRID_HALF + 0.5)),
+    )
+    which = nearest_available_profile(coords, shape, available)
+    n = len(which)
+    intensity, variance, correlation = np.zeros(n), np.zeros(n), np.zeros(n)
+    n_fitted = np.zeros(n, np.int64)
+    n_bg = np.maximum(block["num_pixels.background"], 1)
+    background_variance = block["background.mean"] / n_bg
+    kernels.fit_profiles(
+        which, profiles, block["grid_counts"], block["grid_cover"], block["grid_cover2"], block["grid_bad"],
+        block["background.mean"], background_variance, block["voxel_volume"], threshold,
+        intensity, variance, correlation, n_fitted,
+    )
+    return {
+        "intensity.prf.value": intensity,
+        "intensity.prf.variance": variance,
+        "profile.correlation": correlation,
+        "profile.n_fitted": n_fitted,
+        "profile.n_references": np.where(which >= 0, n_refs[np.maximum(which, 0)], 0),
+    }

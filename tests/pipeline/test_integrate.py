@@ -1,0 +1,136 @@
+"""Integration against the simulator's per-observation truth.
+
+Strong spots are indexed with the true model (tests/pipeline/truth_indexing.py) so that these
+tests measure integration alone.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from algorithms.reflection_table import Flags
+from pipeline.formats.expt import read_experiments
+from pipeline.params import parse_parameters
+from pipeline.steps import find_spots, integrate, simulate
+from truth_indexing import index_with_truth
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sim")
+    params, _ = parse_parameters(simulate.Params, ["preset=tiny", "n_crystals=1", "dynamical_error=0", "seed=7"])
+    simulate.run(params, folder / "sim")
+    crystal = folder / "sim" / "1"
+    experiments = read_experiments(crystal / "truth.expt")
+    fs_params, _ = parse_parameters(find_spots.Params, ["d_max=20"])
+    strong = find_spots.run(experiments, None, fs_params).reflections
+    indexed = index_with_truth(experiments[0], strong)
+    truth = dict(np.load(crystal / "truth_observations.npz"))
+    return experiments, indexed, truth
+
+
+def _integrate(simulated, *args):
+    experiments, indexed, _ = simulated
+    params, _ = parse_parameters(integrate.Params, list(args))
+    return integrate.run(experiments, indexed, params)
+
+
+@pytest.fixture(scope="module")
+def integrated(simulated):
+    return _integrate(simulated)
+
+
+def _matched(table, truth):
+    index = {(tuple(h), bool(e)): i for i, (h, e) in enumerate(zip(truth["miller_index"], truth["entering"]))}
+    pairs = [(i, index[k]) for i, k in enumerate(zip(map(tuple, table["miller_index"]), table["entering"])) if k in index]
+    return np.array(pairs).T
+
+
+def test_profile_model_estimates_are_near_the_truth(integrated):
+    model = integrated.summary["experiments"][0]["profile_model"]
+    # DIALS' estimators see only strong pixels and so run a little narrow: within 15% of the truth
+    assert model["sigma_b_deg"] == pytest.approx(0.004, rel=0.15)
+    assert model["sigma_m_deg"] == pytest.approx(1.1, rel=0.15)
+    assert integrated.experiments[0].profile["sigma_m"] == model["sigma_m_deg"]
+
+
+def test_most_predicted_reflections_are_integrated(integrated):
+    t = integrated.reflections
+    integrable = ~t.get_flags(Flags.dont_integrate)
+    nx, ny = integrated.experiments[0].detector.image_size
+    inside = integrable & (t["bbox"][:, 0] >= 0) & (t["bbox"][:, 1] <= nx) & (t["bbox"][:, 2] >= 0) & (t["bbox"][:, 3] <= ny)
+    assert t.get_flags(Flags.integrated_sum)[inside].mean() >= 0.95
+    assert t.get_flags(Flags.integrated_prf)[integrable].mean() >= 0.90
+
+
+def test_corrected_intensities_correlate_with_the_truth(integrated, simulated):
+    t = integrated.reflections
+    truth = simulated[2]
+    i_t, j_t = _matched(t, truth)
+    # recorded counts of the whole reflection = true I · scale · decay · partiality / lp
+    expected_full = truth["counts"][j_t] / truth["partiality"][j_t]
+    for value, variance, flag in (("intensity.sum.value", "intensity.sum.variance", Flags.integrated_sum),
+                                  ("intensity.prf.value", "intensity.prf.variance", Flags.integrated_prf)):
+        ok = t.get_flags(flag)[i_t] & (truth["partiality"][j_t] > 0.5)
+        intensity = t[value][i_t] / np.where(value.startswith("intensity.sum"), t["partiality"][i_t], 1.0)
+        sigma = np.sqrt(t[variance][i_t])
+        significant = ok & (expected_full / np.maximum(sigma, 1e-9) >= 3)
+        cc = np.corrcoef(intensity[significant], expected_full[significant])[0, 1]
+        assert significant.sum() > 200
+        assert cc >= 0.95, (value, cc)
+
+
+def test_profile_fitting_beats_summation_on_weak_reflections(integrated, simulated):
+    t = integrated.reflections
+    i_t, j_t = _matched(t, simulated[2])
+    both = (t.get_flags(Flags.integrated_sum) & t.get_flags(Flags.integrated_prf))[i_t]
+    weak = both & (simulated[2]["counts"][j_t] < np.percentile(simulated[2]["counts"][j_t], 50))
+    i_over_s = lambda v, s: np.mean(t[v][i_t][weak] / np.sqrt(t[s][i_t][weak]))  # noqa: E731
+    assert i_over_s("intensity.prf.value", "intensity.prf.variance") > i_over_s("intensity.sum.value", "intensity.sum.variance")
+
+
+def test_results_do_not_depend_on_the_chunking(simulated, integrated):
+    reference = integrated.reflections
+    for chunk in (4, 72):
+        other = _integrate(simulated, f"chunk_images={chunk}").reflections
+        for column in ("intensity.sum.value", "intensity.sum.variance", "intensity.prf.value", "background.mean", "flags"):
+            np.testing.assert_array_equal(other[column], reference[column], err_msg=f"{column}, chunk_images={chunk}")
+
+
+def test_summary_table_counts_add_up(integrated):
+    rows = integrated.summary["experiments"][0]["table"]["rows"]
+    overall = rows["Overall"]
+    bins = [r for k, r in rows.items() if k != "Overall"]
+    for item in ("number processed with summation", "number processed with profile fitting", "number fully recorded"):
+        assert sum(b[item] for b in bins) == overall[item]
+    text = integrate.format_integration_summary(integrated.summary["experiments"][0]["table"])
+    assert "i/sigi (profile fitting)" in text and "number processed with summation" in text
+
+
+def test_cli_writes_integrated_files(simulated, tmp_path, monkeypatch):
+    from pipeline.cli import main
+    from pipeline.formats.expt import write_experiments
+    from pipeline.formats.refl import read_reflections, write_reflections
+
+    experiments, indexed, _ = simulated
+    experiment = experiments[0].copy()
+    experiment.imageset["template"] = str(Path(experiment.directory) / experiment.imageset["template"])
+    monkeypatch.chdir(tmp_path)
+    write_experiments([experiment], Path("refined.expt"))
+    write_reflections(indexed, Path("refined.refl"))
+    assert main(["integrate", "refined.expt", "refined.refl"]) == 0
+    table = read_reflections("integrated.refl")
+    assert table.get_flags(Flags.integrated_sum).sum() > 1000
+    log = Path("integrate.log").read_text()
+    assert "sigma b:" in log and "sigma m:" in log and "Summary of integration results" in log
+    assert read_experiments("integrated.expt")[0].profile["__id__"] == "gaussian_rs"
+
+
+def test_missing_input_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["integrate", "refined.expt", "refined.refl"]) == 2
+    err = capsys.readouterr().err
+    assert "refined.expt: file not found" in err and err.count("\n") == 1
+    assert not Path("integrated.refl").exists()
