@@ -129,3 +129,23 @@ def french_wilson(miller_index: np.ndarray, intensity: np.ndarray, sigma: np.nda
             sig_f[large] = s / (2 * f[large])
     accepted = usable | exact
     return FrenchWilsonResult(f=f, sigma_f=sig_f, j=j, sigma_j=sig_j, accepted=accepted, mean_intensity=mean_intensity)
+
+
+def merge_bijvoet_amplitudes(f_plus: np.ndarray, sigma_plus: np.ndarray, f_minus: np.ndarray,
+                             sigma_minus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F, σ_F of a reflection from its mates' F(+), F(−) (NaN = absent): 1/σ²-weighted mean, 1/sqrt(Σw).
+
+    A mate with σ_F = 0 (an exactly known F) is taken as it is."""
+    values = np.stack([f_plus, f_minus])
+    sigmas = np.stack([sigma_plus, sigma_minus])
+    present = np.isfinite(values) & np.isfinite(sigmas)
+    exact = present & (sigmas == 0)
+    weight = np.where(present & ~exact, 1.0 / np.where(present & ~exact, sigmas, 1.0) ** 2, 0.0)
+    sum_w = weight.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = np.where(sum_w > 0, (weight * np.nan_to_num(values)).sum(axis=0) / sum_w, np.nan)
+        sigma = np.where(sum_w > 0, 1.0 / np.sqrt(sum_w), np.nan)
+    any_exact = exact.any(axis=0)
+    f = np.where(any_exact, np.nanmax(np.where(exact, values, -np.inf), axis=0), f)
+    sigma = np.where(any_exact, 0.0, sigma)
+    return f, sigma

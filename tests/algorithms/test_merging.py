@@ -8,7 +8,7 @@ import pytest
 from scipy import special, stats
 
 from algorithms.merging import (format_merging_statistics_table, french_wilson, map_to_asu, merge_anomalous,
-                                merge_intensities, merging_statistics)
+                                merge_bijvoet_amplitudes, merge_intensities, merging_statistics)
 from algorithms.merging.cc_half import random_half_split, sigma_tau_cc_half
 from algorithms.merging.french_wilson import french_wilson_table, posterior_moments
 
@@ -153,3 +153,12 @@ def test_french_wilson_limits_and_rejections():
     assert np.allclose(result.sigma_f[strong], sigma[strong] / (2 * np.sqrt(intensity[strong])), rtol=2e-2)
     weak = result.accepted & (sigma > 0) & (np.abs(i_over_sigma) < 1)
     assert np.all(result.f[weak] > 0)
+
+
+def test_bijvoet_amplitudes_merge_by_weight():
+    f, sigma = merge_bijvoet_amplitudes(np.array([10.0, 4.0, np.nan, 7.0]), np.array([1.0, 2.0, np.nan, 0.0]),
+                                        np.array([12.0, np.nan, np.nan, 9.0]), np.array([2.0, np.nan, np.nan, 1.0]))
+    assert f[0] == pytest.approx((10 * 1 + 12 * 0.25) / 1.25) and sigma[0] == pytest.approx(1 / np.sqrt(1.25))
+    assert f[1] == 4.0 and sigma[1] == 2.0
+    assert np.isnan(f[2]) and np.isnan(sigma[2])
+    assert f[3] == 7.0 and sigma[3] == 0.0
