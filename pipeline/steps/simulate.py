@@ -2,8 +2,9 @@
 
 ``ewald simulate preset=myd88 sim/`` writes, into the folder ``sim/``:
 
-- ``<i>/00001.img …`` — SMV Timepix SU images of crystal i (1-based folders), headers as the
-  real detector writes them (header DISTANCE may differ from the true distance; no axis);
+- ``<i>/00001.img …`` — SMV images of crystal i (1-based folders): Timepix SU headers as the
+  real detector writes them (header DISTANCE may differ from the true distance; no axis), or
+  ADSC-style headers for other detector sizes (``image_format=adsc``, the xray preset);
 - ``<i>/truth.json`` — the true geometry, crystal, scan and nuisance parameters (schema below);
 - ``<i>/truth.expt`` — the true models as a DIALS experiment list (scan-varying A included);
 - ``<i>/truth_observations.npz`` — one row per observation (:class:`Observations` fields);
@@ -16,6 +17,31 @@ release the GIL); results do not depend on ``nproc``.
 
 Truth identity for every observation (see :mod:`algorithms.simulate.observations`):
 ``counts = intensity_true · scale_factor · decay · dynamical_factor · partiality / lp``.
+
+``truth.json`` (lengths mm, wavelength and cells Å, angles degrees, matrices as row lists):
+format "ewald-simulation-truth", version 1, crystal (1-based), identifier (= the experiment
+identifier in truth.expt), probe; space_group (gemmi xHM), space_group_number, unit_cell (the
+crystal's own, a bad crystal's changed cell), nominal_unit_cell; A (= U·B, φ = 0 frame, mid-scan),
+U, B (DIALS' lower-triangular), real_space_a/b/c (rows of A⁻¹), A_at_scan_points (n_images+1,
+at z = 0 … n_images), unit_cell_at_scan_points; wavelength, beam_direction (sample → source),
+s0; distance_mm (true), header_distance_mm (as written in the headers); detector {origin,
+fast_axis, slow_axis, pixel_size_mm, image_size}; beam_centre_px (fast, slow); rotation_axis
+(true, unit, lab frame), header_rotation_axis (null: the headers carry none); scan {image_range
+(1-based inclusive), oscillation_deg (start of image 1, width), exposure_time_s}; sigma_m_deg,
+sigma_b_deg, d_min (of the observations), wilson_b; scale (crystal scale), relative_b (Å²),
+decay_per_image; dynamical_error; bad_crystal, bad_kind (null | "cell" | "structure" |
+"both"); corrupted_images [{image (1-based), kind ("noise" | "scrambled" | "streak")}]; drift
+{cell_percent, rotation_deg, axis}; poisson; n_observations; intensity_model (the identity
+above); files.
+
+``truth_observations.npz``: the :class:`~algorithms.simulate.observations.Observations` fields,
+one row per observation (per crossing of the Ewald sphere whose rocking curve has ≥ 10⁻³ inside
+the scan): miller_index, asu_miller_index, entering, phi_rad, xyz_px (x, y px; z 0-based array
+index of the rocking-curve centre, possibly outside [0, n_images) for tails), xy_mm, s1, d,
+zeta, lp, intensity_true, scale_factor, decay, dynamical_factor, partiality, counts,
+spot_covariance_px (xx, xy, yy), and the ragged per-image fractions partial_first_image
+(1-based), partial_offsets (n+1), partial_fractions (fraction of the whole rocking curve on each
+image; they sum to partiality). Corrupted images still carry their intended fractions.
 """
 from __future__ import annotations
 

@@ -141,3 +141,14 @@ def test_xray_preset_writes_adsc_images_that_import_to_the_true_geometry(tmp_pat
     assert truth.record["space_group"] == "P 43 21 2" and truth.record["probe"] == "x-ray"
     images = np.stack([read_image_file(out / "1" / f"{k:05d}.img") for k in (1, 2)])
     assert images.shape == (2, 400, 400) and images.max() > 100
+
+
+def test_files_do_not_depend_on_the_number_of_threads(tmp_path):
+    outputs = []
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        run(Params(preset="tiny", n_crystals=3, n_images=3, n_corrupted_images=2, nproc=nproc), out)
+        outputs.append(out)
+    for crystal in ("1", "2", "3"):
+        for name in ("00001.img", "00002.img", "00003.img", "truth.json"):
+            assert (outputs[0] / crystal / name).read_bytes() == (outputs[1] / crystal / name).read_bytes()
