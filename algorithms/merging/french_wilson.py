@@ -133,9 +133,12 @@ def french_wilson(miller_index: np.ndarray, intensity: np.ndarray, sigma: np.nda
 
 def merge_bijvoet_amplitudes(f_plus: np.ndarray, sigma_plus: np.ndarray, f_minus: np.ndarray,
                              sigma_minus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F, σ_F of a reflection from its mates' F(+), F(−) (NaN = absent): 1/σ²-weighted mean, 1/sqrt(Σw).
+    """F, σ_F of a reflection from its mates' F(+), F(−) (NaN = absent), as dials.merge writes them.
 
-    A mate with σ_F = 0 (an exactly known F) is taken as it is."""
+    F is the 1/σ²-weighted mean; σ_F = max(1/sqrt(Σw), |F(+) − F(−)|/2) — cctbx's merging of
+    amplitudes uses the larger of the counting error and the internal spread (the standard error of
+    the unweighted mean, |ΔF|/2 for a pair); checked against a DIALS-written merged.mtz. A mate with
+    σ_F = 0 (an exactly known F) is taken as it is."""
     values = np.stack([f_plus, f_minus])
     sigmas = np.stack([sigma_plus, sigma_minus])
     present = np.isfinite(values) & np.isfinite(sigmas)
@@ -145,6 +148,8 @@ def merge_bijvoet_amplitudes(f_plus: np.ndarray, sigma_plus: np.ndarray, f_minus
     with np.errstate(invalid="ignore", divide="ignore"):
         f = np.where(sum_w > 0, (weight * np.nan_to_num(values)).sum(axis=0) / sum_w, np.nan)
         sigma = np.where(sum_w > 0, 1.0 / np.sqrt(sum_w), np.nan)
+    pair = present.all(axis=0)
+    sigma = np.where(pair, np.maximum(sigma, 0.5 * np.abs(np.nan_to_num(values[0]) - np.nan_to_num(values[1]))), sigma)
     any_exact = exact.any(axis=0)
     f = np.where(any_exact, np.nanmax(np.where(exact, values, -np.inf), axis=0), f)
     sigma = np.where(any_exact, 0.0, sigma)
