@@ -104,9 +104,12 @@ class SimulationSpec:
             if not ok:
                 raise DataError(f"simulation: {message}")
         try:
-            gemmi.SpaceGroup(self.space_group)
+            space_group = gemmi.SpaceGroup(self.space_group)
         except ValueError:
             raise DataError(f"simulation: unknown space_group {self.space_group!r}; try e.g. C2 or P43212") from None
+        if not gemmi.UnitCell(*self.unit_cell).is_compatible_with_spacegroup(space_group):
+            raise DataError(f"simulation: unit_cell {','.join(map(str, self.unit_cell))} does not fit space_group "
+                            f"{space_group.xhm()}; give a cell with its symmetry (e.g. a = b for tetragonal)")
 
     def replace(self, **changes) -> "SimulationSpec":
         return dataclasses.replace(self, **changes)

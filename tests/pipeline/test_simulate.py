@@ -107,6 +107,7 @@ def test_user_errors_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["simulate", "preset=tiny"]) == 2
     assert main(["simulate", "preset=tiny", "space_group=Q9", "out"]) == 2
+    assert main(["simulate", "preset=tiny", "space_group=P43212", "out"]) == 2  # monoclinic cell
     assert not (tmp_path / "out").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
