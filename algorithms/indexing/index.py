@@ -29,7 +29,7 @@ from algorithms.indexing.candidates import (
     same_lattice,
 )
 from algorithms.indexing.fft1d import fft1d_candidate_vectors
-from algorithms.indexing.fft3d import fft3d_candidate_vectors
+from algorithms.indexing.fft3d import MIN_CELL, fft3d_candidate_vectors
 from algorithms.indexing.known_symmetry import MAX_DELTA_DEG, apply_known_symmetry, symmetrize_crystal
 from algorithms.indexing.max_cell import estimate_max_cell, max_cell_from_unit_cell
 from algorithms.indexing.scoring import score_candidates
@@ -98,17 +98,29 @@ def index_reflections(
     known_space_group: gemmi.SpaceGroup | str | None = None,
     known_unit_cell: gemmi.UnitCell | tuple | None = None,
     refine: RefineCallable | None = None,
+    refine_candidate: RefineCallable | None = None,
     max_delta_deg: float = MAX_DELTA_DEG,
     hkl_tolerance: float = HKL_TOLERANCE,
     max_refine: int = 50,
     n_macro_cycles: int = 5,
     n_points: int = 256,
+    fft_d_min: float | None = None,
+    b_iso: float | None = None,
+    min_cell: float = MIN_CELL,
     min_cell_volume: float = MIN_CELL_VOLUME,
     bboxes: np.ndarray | None = None,
     imageset_id: np.ndarray | None = None,
     workers: int = 1,
 ) -> IndexingResult:
-    """Index one sweep's spots given their reciprocal-lattice points (φ = 0 frame)."""
+    """Index one sweep's spots given their reciprocal-lattice points (φ = 0 frame).
+
+    Parameters follow DIALS: ``max_cell`` (None = estimate), ``n_points``/``fft_d_min``/``b_iso``
+    (fft3d.reciprocal_space_grid), ``min_cell``, ``min_cell_volume``, ``max_refine``
+    (basis_vector_combinations), ``hkl_tolerance``, ``n_macro_cycles``, ``max_delta_deg``
+    (known_symmetry.max_delta).  ``refine`` runs in the macro-cycles and, unless
+    ``refine_candidate`` is given (DIALS' shorter refinement of each candidate), also in the
+    candidate evaluation.
+    """
     rlp = np.asarray(rlp, float)
     if len(rlp) < 10:
         raise DataError(f"only {len(rlp)} spots to index; at least 10 are needed (check spot finding)")
@@ -125,9 +137,10 @@ def index_reflections(
         else:
             max_cell = estimate_max_cell(rlp, phi_rad, entering, bboxes=bboxes, imageset_id=imageset_id)
     if method == "fft3d":
-        vectors, _, info = fft3d_candidate_vectors(rlp, d, max_cell, n_points=n_points, workers=workers)
+        vectors, _, info = fft3d_candidate_vectors(rlp, d, max_cell, n_points=n_points, d_min=fft_d_min,
+                                                   b_iso=b_iso, min_cell=min_cell, workers=workers)
     elif method == "fft1d":
-        vectors, _, info = fft1d_candidate_vectors(rlp, d, max_cell)
+        vectors, _, info = fft1d_candidate_vectors(rlp, d, max_cell, min_cell=min_cell)
     else:
         raise DataError(f"indexing.method={method} is not known; use fft3d or fft1d")
     d_min_fft = info["d_min"]
@@ -149,7 +162,7 @@ def index_reflections(
             ok = evaluated_ok[seen[0]]
         else:
             candidate = _evaluate(corrected, rlp, d, phi_rad, considered, known_space_group, known_unit_cell,
-                                  max_delta_deg, hkl_tolerance, refine)
+                                  max_delta_deg, hkl_tolerance, refine_candidate or refine)
             ok = candidate is not None
             evaluated_lattices = np.concatenate([evaluated_lattices, np.linalg.inv(M)[None]])
             evaluated_ok.append(ok)

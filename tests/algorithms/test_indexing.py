@@ -205,18 +205,20 @@ def test_index_rejects_impossible_symmetry_and_too_few_spots():
         index_reflections(sim.rlp[:5], sim.d[:5], sim.phi_rad[:5], sim.entering[:5])
 
 
-def test_refine_callable_is_used_for_scoring_and_cycles():
+def test_refine_callables_are_used_for_candidates_and_cycles():
     sim = simulate_spots(TRICLINIC, seed=6)
-    calls = []
+    calls = {"candidate": 0, "cycle": 0}
 
-    def refine(crystal, indexed_mask, miller_index):
-        calls.append(int(indexed_mask.sum()))
-        A = fit_a_matrix(sim.rlp[indexed_mask], miller_index[indexed_mask])
-        outliers = np.zeros(len(indexed_mask), bool)
-        return Crystal(A=A), (0.3, 0.4, 0.2), outliers
+    def make_refine(kind, rmsds):
+        def refine(crystal, indexed_mask, miller_index):
+            calls[kind] += 1
+            A = fit_a_matrix(sim.rlp[indexed_mask], miller_index[indexed_mask])
+            return Crystal(A=A), rmsds, np.zeros(len(indexed_mask), bool)
+        return refine
 
-    result = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering, refine=refine)
-    assert len(calls) >= 6  # ≥ 1 candidate + 5 macro-cycles
+    result = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering, refine=make_refine("cycle", (0.3, 0.4, 0.2)),
+                               refine_candidate=make_refine("candidate", (0.6, 0.8, 0.2)))
+    assert calls["cycle"] == 5 and calls["candidate"] >= 1
     assert result.rmsds == (0.3, 0.4, 0.2)
-    assert result.candidates_table[0]["rmsd"] == pytest.approx(0.5)
+    assert result.candidates_table[0]["rmsd"] == pytest.approx(1.0)
     check_solution(result, sim)
