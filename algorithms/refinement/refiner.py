@@ -176,13 +176,17 @@ class _Observations:
 
 
 def _fixed_masks(options: RefinementOptions) -> dict[str, np.ndarray | bool]:
-    orientation_fixed, cell_fixed = crystal_fixed(tuple(options.crystal_fix))
+    """Fixed masks per parameter group; a fix option of None means nothing fixed (DIALS' None)."""
+    def names(fix) -> tuple[str, ...]:
+        return (fix,) if isinstance(fix, str) else tuple(fix or ())
+
+    orientation_fixed, cell_fixed = crystal_fixed(names(options.crystal_fix))
     return {
-        "Beam": BeamParameterisation.fixed(tuple(options.beam_fix)),
+        "Beam": BeamParameterisation.fixed(names(options.beam_fix)),
         "Crystal orientation": np.full(3, orientation_fixed),
         "Crystal unit cell": cell_fixed,  # broadcast over the space group's cell parameters
-        "Detector": DetectorParameterisation.fixed(tuple(options.detector_fix)),
-        "Goniometer": GoniometerParameterisation.fixed(tuple(options.goniometer_fix)),
+        "Detector": DetectorParameterisation.fixed(names(options.detector_fix)),
+        "Goniometer": GoniometerParameterisation.fixed(names(options.goniometer_fix)),
     }
 
 

@@ -328,3 +328,11 @@ def test_residual_summary_of_the_first_prediction(ed_truth):
     assert abs(median) < 0.1 * SIGMA * 0.055
     assert q3 - q1 == pytest.approx(1.349 * SIGMA * 0.055, rel=0.15)
     assert summary["X weights"][2] == pytest.approx(1.0 / (SIGMA * 0.055) ** 2)
+
+
+def test_fix_options_accept_none_and_single_names(ed_truth):
+    truth, table = ed_truth
+    as_none = refine(truth, table, RefinementOptions(detector_fix="distance", goniometer_fix=None))
+    as_tuple = refine(truth, table, RefinementOptions(detector_fix=("distance",), goniometer_fix=()))
+    assert as_none.parameter_names == as_tuple.parameter_names
+    assert "Goniometer1Gamma1" in as_none.parameter_names and "Detector1Dist" not in as_none.parameter_names
