@@ -83,58 +83,66 @@ IMAGE_TEMPLATE = "{:05d}.img"
 _BASE_EPOCH_S = 1559563200.0
 
 
+def _by_preset(text: str, name: str) -> str:
+    """Help text plus the value each preset gives the setting."""
+    def show(value) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+    return f"{text} Presets: " + "; ".join(f"{preset} {show(getattr(spec, name))}" for preset, spec in PRESETS.items()) + "."
+
+
 @dataclass
 class Params:
     preset: Literal["myd88", "tiny", "xray"] = param(
         "myd88", "Starting point for every setting left at None: 'myd88' (18 × 72 ED images as the MyD88 "
                  "tutorial), 'tiny' (2 × 24, for quick tests) or 'xray' (lysozyme, 1 Å).")
-    n_crystals: int | None = param(None, "Number of crystals (one sweep each).")
-    n_images: int | None = param(None, "Images per sweep.")
-    unit_cell: tuple[float, ...] | None = param(None, "True unit cell a,b,c,alpha,beta,gamma (Å, degrees).")
-    space_group: str | None = param(None, "True space group, e.g. C2 or P43212.")
-    wavelength: float | None = param(None, "Wavelength (Å).")
-    distance: float | None = param(None, "True detector distance (mm).")
+    n_crystals: int | None = param(None, _by_preset("Number of crystals (one sweep each).", "n_crystals"))
+    n_images: int | None = param(None, _by_preset("Images per sweep.", "n_images"))
+    unit_cell: tuple[float, ...] | None = param(None, _by_preset("True unit cell a,b,c,alpha,beta,gamma (Å, degrees).", "unit_cell"))
+    space_group: str | None = param(None, _by_preset("True space group, e.g. C2 or P43212.", "space_group"))
+    wavelength: float | None = param(None, _by_preset("Wavelength (Å).", "wavelength"))
+    distance: float | None = param(None, _by_preset("True detector distance (mm).", "distance"))
     header_distance: float | None = param(
-        None, "DISTANCE written into the image headers (mm); None = the preset's (myd88: 2.193 as the real files), "
-              "or the true distance.")
-    image_size: tuple[int, int] | None = param(None, "Detector pixels fast,slow.")
+        None, _by_preset("DISTANCE written into the image headers (mm; the real MyD88 files say 2.193); None = the "
+                         "true distance.", "header_distance"))
+    image_size: tuple[int, int] | None = param(None, _by_preset("Detector pixels fast,slow.", "image_size"))
     image_format: Literal["timepix_su", "adsc"] | None = param(
-        None, "SMV header style: 'timepix_su' (516×516 Timepix, as the MyD88 files) or 'adsc' (any size; "
-              "X-ray beam polarisation 0.999 as dxtbx assumes for it).")
-    pixel_size: float | None = param(None, "Pixel size (mm).")
-    beam_centre_px: tuple[float, float] | None = param(None, "Mean beam centre fast,slow (pixels).")
-    beam_centre_jitter_px: float | None = param(None, "Per-crystal beam-centre spread (± pixels).")
+        None, _by_preset("SMV header style: 'timepix_su' (516×516 Timepix, as the MyD88 files) or 'adsc' (any size; "
+                         "X-ray beam polarisation 0.999 as dxtbx assumes for it).", "image_format"))
+    pixel_size: float | None = param(None, _by_preset("Pixel size (mm).", "pixel_size"))
+    beam_centre_px: tuple[float, float] | None = param(None, _by_preset("Mean beam centre fast,slow (pixels).", "beam_centre_px"))
+    beam_centre_jitter_px: float | None = param(None, _by_preset("Per-crystal beam-centre spread (± pixels).", "beam_centre_jitter_px"))
     rotation_axis: tuple[float, float, float] | None = param(
-        None, "True rotation axis in the lab frame (any length); the headers carry none.")
-    oscillation_start: float | None = param(None, "Mean start angle of a sweep (degrees).")
-    oscillation_start_jitter: float | None = param(None, "Per-crystal start-angle spread (± degrees).")
-    oscillation_width: float | None = param(None, "Rotation per image (degrees).")
-    exposure_time: float | None = param(None, "Exposure per image (s), written as TIME.")
-    sigma_m: float | None = param(None, "Rocking width σm (degrees).")
-    sigma_b: float | None = param(None, "Beam divergence σb (degrees): sets the spot size.")
-    d_min: float | None = param(None, "High-resolution limit (Å); None = the detector corners.")
-    wilson_b: float | None = param(None, "Wilson B of the true intensities (Å²).")
-    mean_intensity: float | None = param(None, "Wilson mean intensity at d = ∞ (true-intensity units).")
-    scale: float | None = param(None, "Counts per unit true intensity and unit 1/lp (sets spot strength).")
-    scale_spread: float | None = param(None, "Log-normal σ of the per-crystal scale.")
-    b_spread: float | None = param(None, "σ of the per-crystal relative B (Å²).")
-    decay_per_image: float | None = param(None, "Radiation damage: intensities × exp(−k·z), k per image.")
+        None, _by_preset("True rotation axis in the lab frame (any length); the headers carry none.", "rotation_axis"))
+    oscillation_start: float | None = param(None, _by_preset("Mean start angle of a sweep (degrees).", "oscillation_start"))
+    oscillation_start_jitter: float | None = param(None, _by_preset("Per-crystal start-angle spread (± degrees).", "oscillation_start_jitter"))
+    oscillation_width: float | None = param(None, _by_preset("Rotation per image (degrees).", "oscillation_width"))
+    exposure_time: float | None = param(None, _by_preset("Exposure per image (s), written as TIME.", "exposure_time"))
+    sigma_m: float | None = param(None, _by_preset("Rocking width σm (degrees).", "sigma_m"))
+    sigma_b: float | None = param(None, _by_preset("Beam divergence σb (degrees): sets the spot size.", "sigma_b"))
+    d_min: float | None = param(None, _by_preset("High-resolution limit (Å); None = the detector corners.", "d_min"))
+    wilson_b: float | None = param(None, _by_preset("Wilson B of the true intensities (Å²).", "wilson_b"))
+    mean_intensity: float | None = param(None, _by_preset("Wilson mean intensity at d = ∞ (true-intensity units).", "mean_intensity"))
+    scale: float | None = param(None, _by_preset("Counts per unit true intensity and unit 1/lp (sets spot strength).", "scale"))
+    scale_spread: float | None = param(None, _by_preset("Log-normal σ of the per-crystal scale.", "scale_spread"))
+    b_spread: float | None = param(None, _by_preset("σ of the per-crystal relative B (Å²).", "b_spread"))
+    decay_per_image: float | None = param(None, _by_preset("Radiation damage: intensities × exp(−k·z), k per image.", "decay_per_image"))
     dynamical_error: float | None = param(
-        None, "Log-normal σ of a per-observation multiplicative error (dynamical scattering); 0 = kinematic.")
-    background_flat: float | None = param(None, "Flat background (counts per pixel per image).")
-    inelastic_peak: float | None = param(None, "Inelastic scatter at the beam centre (counts per pixel per image).")
-    inelastic_radius_px: float | None = param(None, "Radius r0 of the inelastic profile peak·(1 + r/r0)^−power.")
-    inelastic_power: float | None = param(None, "Power of the inelastic profile.")
-    poisson: bool | None = param(None, "Draw Poisson counts; False writes rounded expectations.")
+        None, _by_preset("Log-normal σ of a per-observation multiplicative error (dynamical scattering); 0 = kinematic.", "dynamical_error"))
+    background_flat: float | None = param(None, _by_preset("Flat background (counts per pixel per image).", "background_flat"))
+    inelastic_peak: float | None = param(None, _by_preset("Inelastic scatter at the beam centre (counts per pixel per image).", "inelastic_peak"))
+    inelastic_radius_px: float | None = param(None, _by_preset("Radius r0 of the inelastic profile peak·(1 + r/r0)^−power.", "inelastic_radius_px"))
+    inelastic_power: float | None = param(None, _by_preset("Power of the inelastic profile.", "inelastic_power"))
+    poisson: bool | None = param(None, _by_preset("Draw Poisson counts; False writes rounded expectations.", "poisson"))
     n_corrupted_images: int | None = param(
-        None, "Corrupted images (noise-only, scrambled or streaked) spread over crystals 2..n.")
-    n_bad_crystals: int | None = param(None, "Non-isomorphous crystals among 2..n.")
+        None, _by_preset("Corrupted images (noise-only, scrambled or streaked) spread over crystals 2..n.", "n_corrupted_images"))
+    n_bad_crystals: int | None = param(None, _by_preset("Non-isomorphous crystals among 2..n.", "n_bad_crystals"))
     bad_crystal_kind: Literal["cell", "structure", "both"] | None = param(
-        None, "How bad crystals differ: cell edges changed, intensities of another structure, or both.")
-    bad_cell_change_percent: float | None = param(None, "Cell-edge change of a bad crystal (%).")
-    drift_cell_percent: float | None = param(None, "Cell change across a sweep (%), linear in the image.")
-    drift_rotation_deg: float | None = param(None, "Orientation drift across a sweep (degrees).")
-    seed: int | None = param(None, "Random seed; the same seed gives the same data.")
+        None, _by_preset("How bad crystals differ: cell edges changed, intensities of another structure, or both.", "bad_crystal_kind"))
+    bad_cell_change_percent: float | None = param(None, _by_preset("Cell-edge change of a bad crystal (%).", "bad_cell_change_percent"))
+    drift_cell_percent: float | None = param(None, _by_preset("Cell change across a sweep (%), linear in the image.", "drift_cell_percent"))
+    drift_rotation_deg: float | None = param(None, _by_preset("Orientation drift across a sweep (degrees).", "drift_rotation_deg"))
+    seed: int | None = param(None, _by_preset("Random seed; the same seed gives the same data.", "seed"))
     nproc: int = param(2, "Crystals simulated at once (threads).")
     overwrite: bool = param(False, "Replace an existing simulation in the output folder.")
 
