@@ -3,7 +3,7 @@
 Rows are chosen as ``ewald export`` chooses them for scaled data (I/g, σ²/g²). Symmetry equivalents
 are merged with 1/σ² weights (σ = 1/√Σw) with and without Bijvoet mates kept apart; the merging
 statistics are logged as DIALS prints them; amplitudes come from French & Wilson (1978) applied to
-I(+) and I(−) (or IMEAN without ``anomalous``), F/SIGF being the 1/σ²-weighted merge of F(+) and F(−).
+I(+) and I(−) (or IMEAN without ``anomalous``), F/SIGF merged from F(+) and F(−) as dials.merge does.
 Columns: H K L IMEAN SIGIMEAN I(+) SIGI(+) I(-) SIGI(-) N(+) N(-) F SIGF F(+) SIGF(+) F(-) SIGF(-);
 NaN marks a missing value.
 """
@@ -18,7 +18,7 @@ import numpy as np
 from algorithms.errors import DataError
 from algorithms.geometry.models import Experiment
 from algorithms.merging import (format_merging_statistics_table, french_wilson, map_to_asu, merge_anomalous,
-                                merge_intensities, merging_statistics)
+                                merge_bijvoet_amplitudes, merge_intensities, merging_statistics)
 from algorithms.reflection_table import ReflectionTable
 from pipeline.formats.mtz import MtzColumn, MtzNames, build_mtz
 from pipeline.logging_setup import ewald_version
@@ -58,22 +58,6 @@ class Params:
         None, "Unit cell for the output and d; None = the average cell of the experiments.")
     merging: MergingOptions = scope(MergingOptions, "Merging statistics.")
     output: Output = scope(Output, "Output files and names.")
-
-
-def _weighted_pair_mean(value_a, sigma_a, value_b, sigma_b) -> tuple[np.ndarray, np.ndarray]:
-    """1/σ²-weighted mean of two estimates, either of which may be missing (NaN)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        wa = np.where(np.isfinite(value_a) & (sigma_a > 0), 1.0 / sigma_a**2, 0.0)
-        wb = np.where(np.isfinite(value_b) & (sigma_b > 0), 1.0 / sigma_b**2, 0.0)
-        total = wa + wb
-        mean = (wa * np.nan_to_num(value_a) + wb * np.nan_to_num(value_b)) / total
-        sigma = 1.0 / np.sqrt(total)
-    # An estimate with σ = 0 (exact) is taken as it is.
-    only_a = np.isfinite(value_a) & ~(sigma_a > 0) & ~np.isfinite(mean)
-    mean, sigma = np.where(only_a, value_a, mean), np.where(only_a, sigma_a, sigma)
-    only_b = np.isfinite(value_b) & ~(sigma_b > 0) & ~np.isfinite(mean)
-    mean, sigma = np.where(only_b, value_b, mean), np.where(only_b, sigma_b, sigma)
-    return np.where(np.isfinite(mean), mean, np.nan), np.where(np.isfinite(mean), sigma, np.nan)
 
 
 def merged_data(experiments: list[Experiment], reflections: ReflectionTable, params: Params) -> dict:
@@ -126,7 +110,7 @@ def _amplitude_columns(hkl, merged, plus, minus, observed, cell, space_group, an
     f_both[present] = np.where(fw.accepted, fw.f, np.nan)
     sf_both[present] = np.where(fw.accepted, fw.sigma_f, np.nan)
     f_plus, f_minus, sf_plus, sf_minus = f_both[:n], f_both[n:], sf_both[:n], sf_both[n:]
-    f, sigma_f = _weighted_pair_mean(f_plus, sf_plus, f_minus, sf_minus)
+    f, sigma_f = merge_bijvoet_amplitudes(f_plus, sf_plus, f_minus, sf_minus)
     return [MtzColumn("F", "F", f), MtzColumn("SIGF", "Q", sigma_f),
             MtzColumn("F(+)", "G", f_plus), MtzColumn("SIGF(+)", "L", sf_plus),
             MtzColumn("F(-)", "G", f_minus), MtzColumn("SIGF(-)", "L", sf_minus)]
