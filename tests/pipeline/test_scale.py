@@ -233,3 +233,28 @@ def test_intensity_choice_profile_leaves_out_reflections_without_profile_intensi
     assert no_profile.sum() > 20
     assert np.all(t.get_flags(Flags.excluded_for_scaling)[no_profile])
     assert result.experiments[0].scaling_model["configuration_parameters"]["Imid"] == 0.0
+
+
+def test_real_quartz_scaling_matches_dials_model_layout_and_intensities(shared_data):
+    folder = shared_data / "quartz_processed"
+    experiments, table = scale.combine_inputs([read_experiments(folder / "integrated.expt")],
+                                              [read_reflections(folder / "integrated.refl")], ["integrated.refl"])
+    result = scale.run(experiments, table, _params())
+    ours = result.experiments[0].scaling_model
+    dials = json.loads((folder / "scaled.expt").read_text())["scaling_model"][0]
+    for component in ("scale", "decay", "absorption"):
+        assert ours[component]["n_parameters"] == dials[component]["n_parameters"]
+    skip = {"error_model_parameters", "Imid"}
+    for key, value in dials["configuration_parameters"].items():
+        if key not in skip:
+            assert ours["configuration_parameters"][key] == pytest.approx(value), key
+    # The same observations, scaled by DIALS and by ewald, agree (overall scale and B are free).
+    t, reference = result.reflections, read_reflections(folder / "scaled.refl")
+    key = lambda tb: [tuple(h) + (round(z, 2),) for h, z in zip(tb["miller_index"].tolist(), tb["xyzobs.px.value"][:, 2].tolist())]
+    row = dict(zip(key(t), range(len(t))))
+    pairs = np.array([(row[k], i) for i, k in enumerate(key(reference)) if k in row])
+    both = t.get_flags(Flags.scaled)[pairs[:, 0]] & reference.get_flags(Flags.scaled)[pairs[:, 1]]
+    assert both.sum() > 1200
+    ours_i = (t["intensity.scale.value"] / t["inverse_scale_factor"])[pairs[both, 0]]
+    dials_i = (reference["intensity.scale.value"] / reference["inverse_scale_factor"])[pairs[both, 1]]
+    assert np.corrcoef(ours_i, dials_i)[0, 1] > 0.98
