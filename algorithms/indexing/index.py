@@ -243,16 +243,16 @@ def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance
     crystal, rlp, rmsds = best.crystal, best.rlp, best.rmsds
     step = (d_min_fft - d.min()) / (n_cycles - 1) if n_cycles > 1 else 0.0
     cycles = []
-    hkl, mask = best.miller_index, best.indexed_mask
     for i in range(n_cycles):
         d_min = max(d_min_fft - i * step, 0.0)
-        considered = d > d_min if i < n_cycles - 1 else d >= d_min
+        d = 1.0 / np.linalg.norm(rlp, axis=1)  # the refinement may have moved the geometry
+        considered = d > d_min if i < n_cycles - 1 else np.ones(len(d), bool)
         hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad, d, candidates_mask=considered)
         volume_before = crystal.unit_cell.volume
         crystal, _, rmsds, mask, rlp = _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine)
         if abs(crystal.unit_cell.volume - volume_before) / volume_before > 0.5:
             raise DataError("Unrealistic unit cell volume increase during refinement; check the geometry and max_cell")
         cycles.append({"d_min": d_min, "n_indexed": int(mask.sum()), "n_considered": int(considered.sum())})
-    if refine is None:
-        hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad, d)
+    if refine is None:  # the last fit moved A: assign once more with it
+        hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad)
     return crystal, rmsds, rlp, cycles, hkl, mask

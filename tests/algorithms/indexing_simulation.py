@@ -50,9 +50,11 @@ def xray_geometry():
 
 
 def simulate_spots(cell, space_group="P 1", geometry="ed", n_spots=600, seed=0, d_min=2.5, d_max=20.0,
-                   noise_px=0.3, noise_images=0.2, random_fraction=0.0) -> SimulatedSpots:
+                   noise_px=0.3, noise_images=0.2, random_fraction=0.0, n_images=None) -> SimulatedSpots:
     rng = np.random.default_rng(seed)
     beam, detector, goniometer, scan = ed_geometry() if geometry == "ed" else xray_geometry()
+    if n_images is not None:
+        scan = Scan(image_range=(1, n_images), oscillation=scan.oscillation)
     crystal = Crystal.from_cell_and_U(gemmi.UnitCell(*cell), Rotation.random(random_state=seed + 17).as_matrix(),
                                       space_group=space_group)
     hkl = miller_indices_to_d_min(crystal.A, d_min, d_max)
