@@ -68,7 +68,7 @@ def phases(spec) -> dict:
     from algorithms.simulate import make_structures, plan_crystals
     from algorithms.simulate.observations import simulate_observations
     from algorithms.simulate.render import add_gaussian_spots, background_image, expected_spot_images, finish_images
-    from algorithms.simulate.spec import rng_for
+    from algorithms.simulate.spec import Stream, rng_for
     from algorithms.simulate import SimulatedCrystal
     from pipeline.steps.simulate import write_crystal
 
@@ -77,14 +77,14 @@ def phases(spec) -> dict:
     plan = plans[0]
     out = {}
     t = time.perf_counter()
-    observations = simulate_observations(spec, plan, structures["true"], rng_for(spec.seed, 2, plan.index))
+    observations = simulate_observations(spec, plan, structures["true"], rng_for(spec.seed, Stream.OBSERVATIONS, plan.index))
     out["observations_s"] = time.perf_counter() - t
     t = time.perf_counter()
     spots = expected_spot_images(observations, spec.n_images, spec.image_size)
     out["render_spots_s"] = time.perf_counter() - t
     background = background_image(spec, plan.detector.beam_centre_px(plan.beam.s0))
     t = time.perf_counter()
-    images = finish_images(spots, background, plan.corrupted_images, True, rng_for(spec.seed, 3, plan.index))
+    images = finish_images(spots, background, plan.corrupted_images, True, rng_for(spec.seed, Stream.NOISE, plan.index))
     out["poisson_and_corruption_s"] = time.perf_counter() - t
     folder = Path(tempfile.mkdtemp(prefix="bench-simulate-"))
     t = time.perf_counter()

@@ -1,6 +1,6 @@
 """Simulated rotation-diffraction data (electron and X-ray) with exact ground truth.
 
-Use: ``plans = plan_crystals(spec)``, ``structures = make_structures(spec)``, then for each plan
+Use: ``plans = plan_crystals(spec)``, ``structures = make_structures(spec, plans)``, then for each plan
 ``simulate_crystal(spec, plan, structures)`` → images and the true observation list.
 Modules: :mod:`.spec` (settings, presets, per-crystal draws), :mod:`.structure` (Wilson
 intensities in the ASU), :mod:`.observations` (geometry, partiality, Lorentz, counts),
@@ -14,17 +14,7 @@ import numpy as np
 
 from algorithms.simulate.observations import Observations, simulate_observations
 from algorithms.simulate.render import background_image, expected_spot_images, finish_images
-from algorithms.simulate.spec import (
-    _SEED_BAD_STRUCTURE,
-    _SEED_NOISE,
-    _SEED_OBSERVATIONS,
-    _SEED_STRUCTURE,
-    PRESETS,
-    CrystalPlan,
-    SimulationSpec,
-    plan_crystals,
-    rng_for,
-)
+from algorithms.simulate.spec import PRESETS, CrystalPlan, SimulationSpec, Stream, plan_crystals, rng_for
 from algorithms.simulate.structure import StructureModel, wilson_structure
 
 __all__ = [
@@ -42,6 +32,8 @@ __all__ = [
 
 @dataclass
 class SimulatedCrystal:
+    """One crystal's draw, its true observations and its images."""
+
     plan: CrystalPlan
     observations: Observations
     images: np.ndarray  # (n_images, n_slow, n_fast): uint16 counts, or float64 expectations without Poisson
@@ -60,10 +52,10 @@ def make_structures(spec: SimulationSpec, plans: list[CrystalPlan]) -> dict[str,
     d_min = structure_d_min(spec, plans)
     sg, cell = spec.gemmi_space_group, spec.gemmi_cell
     structures = {
-        "true": wilson_structure(sg, cell, d_min, spec.wilson_b, spec.mean_intensity, rng_for(spec.seed, _SEED_STRUCTURE))
+        "true": wilson_structure(sg, cell, d_min, spec.wilson_b, spec.mean_intensity, rng_for(spec.seed, Stream.STRUCTURE))
     }
     if any(p.structure_key == "bad" for p in plans):
-        rng = rng_for(spec.seed, _SEED_BAD_STRUCTURE)
+        rng = rng_for(spec.seed, Stream.BAD_STRUCTURE)
         structures["bad"] = wilson_structure(sg, cell, d_min, spec.wilson_b, spec.mean_intensity, rng)
     return structures
 
@@ -71,10 +63,10 @@ def make_structures(spec: SimulationSpec, plans: list[CrystalPlan]) -> dict[str,
 def simulate_crystal(spec: SimulationSpec, plan: CrystalPlan, structures: dict[str, StructureModel]) -> SimulatedCrystal:
     """Observations and images of one crystal (deterministic for a given spec and plan)."""
     observations = simulate_observations(
-        spec, plan, structures[plan.structure_key], rng_for(spec.seed, _SEED_OBSERVATIONS, plan.index)
+        spec, plan, structures[plan.structure_key], rng_for(spec.seed, Stream.OBSERVATIONS, plan.index)
     )
     spots = expected_spot_images(observations, spec.n_images, spec.image_size)
     centre = plan.detector.beam_centre_px(plan.beam.s0)
     background = background_image(spec, centre)
-    images = finish_images(spots, background, plan.corrupted_images, spec.poisson, rng_for(spec.seed, _SEED_NOISE, plan.index))
+    images = finish_images(spots, background, plan.corrupted_images, spec.poisson, rng_for(spec.seed, Stream.NOISE, plan.index))
     return SimulatedCrystal(plan, observations, images)

@@ -10,6 +10,7 @@ Random orientations are uniform over SO(3) (unit quaternions from a 4-D normal; 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 
 import gemmi
@@ -24,13 +25,19 @@ IMAGE_FORMATS = ("timepix_su", "adsc")
 # the beam dxtbx builds from each header: Timepix SU unpolarised, ADSC (synchrotron) 0.999
 POLARIZATION_FRACTION = {"timepix_su": 0.5, "adsc": 0.999}
 
-# purposes of the seeded random streams
-_SEED_STRUCTURE, _SEED_PLAN, _SEED_OBSERVATIONS, _SEED_NOISE, _SEED_BAD_STRUCTURE = range(5)
+class Stream(enum.IntEnum):
+    """What a seeded random stream is for."""
+
+    STRUCTURE = 0
+    PLAN = 1
+    OBSERVATIONS = 2
+    NOISE = 3
+    BAD_STRUCTURE = 4
 
 
-def rng_for(seed: int, purpose: int, crystal_index: int = 0) -> np.random.Generator:
+def rng_for(seed: int, stream: Stream, crystal_index: int = 0) -> np.random.Generator:
     """An independent random stream for (seed, purpose, crystal)."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), purpose, crystal_index]))
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), crystal_index]))
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,7 @@ def _choose_special_crystals(spec: SimulationSpec) -> tuple[dict, dict]:
     between a sweep end (first or last three images) and the middle third of a sweep, so that
     both DIALS' end trimming and a mid-sweep ΔCC½ rule are exercised.
     """
-    rng = rng_for(spec.seed, _SEED_PLAN, 0)
+    rng = rng_for(spec.seed, Stream.PLAN, 0)
     candidates = np.arange(2, spec.n_crystals + 1)
     bad = rng.choice(candidates, size=spec.n_bad_crystals, replace=False) if spec.n_bad_crystals else []
     bad_kinds = {int(i): spec.bad_crystal_kind for i in bad}
@@ -285,7 +292,7 @@ def plan_crystals(spec: SimulationSpec) -> list[CrystalPlan]:
     sg = spec.gemmi_space_group
     plans = []
     for index in range(1, spec.n_crystals + 1):
-        rng = rng_for(spec.seed, _SEED_PLAN, index)
+        rng = rng_for(spec.seed, Stream.PLAN, index)
         U = random_rotation(rng)
         jitter = rng.uniform(-1.0, 1.0, size=2) * spec.beam_centre_jitter_px
         # rounded as the header writes them, so the header geometry is the true geometry
