@@ -312,3 +312,29 @@ def test_stack_of_an_expt_from_elsewhere_names_the_missing_file(shared_data):
     stack = open_image_stack(experiment)  # no format_class in a DIALS file: one header tells the dtype
     assert stack.shape == (49, 516, 516)
     np.testing.assert_array_equal(stack[48].values, read_image_file(shared_data / "ed_lysozyme_cred/experiment_14/SMV/data/00049.img"))
+
+
+@pytest.mark.parametrize("style", ["timepix", "adsc"])
+def test_simulator_smv_files_import_to_the_geometry_written(tmp_path, style):
+    """Files from pipeline.formats.smv (the simulator's writer) read back to what was written."""
+    from pipeline.formats.smv import adsc_header, timepix_su_header, write_smv_image
+
+    make_header = {"timepix": timepix_su_header, "adsc": adsc_header}[style]
+    size = (516, 516) if style == "timepix" else (300, 200)
+    rng = np.random.default_rng(5)
+    frames = []
+    for k in range(1, 4):
+        header = make_header(image_size=size, pixel_size_mm=0.055, distance_mm=1762.0, osc_start_deg=-56.73 + (k - 1) * 0.9149,
+                             osc_range_deg=0.9149, wavelength_A=0.0251, beam_centre_px=(228.875, 135.78),
+                             exposure_time_s=2.0, epoch_s=1.6e9 + 2 * k)
+        frames.append(rng.poisson(2.0, size=size[::-1]).astype(np.uint16))
+        write_smv_image(tmp_path / f"{k:05d}.img", frames[-1], header)
+    (experiment,) = import_experiments([tmp_path])
+    expected_class = {"timepix": "FormatSMVTimePix_SU_516x516", "adsc": "FormatSMVADSC"}[style]
+    assert experiment.imageset["format_class"] == expected_class
+    assert experiment.detector.image_size == size
+    assert experiment.detector.distance_mm == pytest.approx(1762.0)
+    np.testing.assert_allclose(experiment.detector.beam_centre_px(experiment.beam.s0), (228.875, 135.78), atol=1e-6)
+    np.testing.assert_allclose(experiment.scan.oscillation, (-56.73, 0.9149))
+    np.testing.assert_allclose(experiment.scan.epochs, 1.6e9 + 2 * np.arange(1, 4))
+    np.testing.assert_array_equal(open_image_stack(experiment, dtype="uint16").values, frames)
