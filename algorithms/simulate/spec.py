@@ -237,12 +237,15 @@ def drifted_cell(cell: tuple, fraction: float) -> tuple:
 
 
 def _bad_cell(cell: tuple, percent: float, rng: np.random.Generator) -> tuple:
-    """Change the edges by ±percent with random signs, never all the same sign (an isotropic
-    change would mimic a distance error in ED and hide the non-isomorphism)."""
-    signs = rng.choice([-1.0, 1.0], size=3)
-    if np.all(signs == signs[0]):
-        signs[1] = -signs[0]
+    """Change the edges by ±percent with random signs. Equal edges change together (the cell
+    keeps its symmetry, e.g. a = b in tetragonal groups), and the signs are never all the same
+    where the cell allows (an isotropic change would mimic a distance error in ED)."""
     a, b, c, al, be, ga = cell
+    edges = np.array([a, b, c])
+    group = np.array([int(np.argmax(np.isclose(edges, edge, rtol=1e-9))) for edge in edges])  # first equal edge
+    signs = rng.choice([-1.0, 1.0], size=3)[group]
+    if np.all(signs == signs[0]) and len(set(group)) > 1:
+        signs[group == group[-1]] *= -1.0
     f = 1.0 + signs * percent / 100.0
     return (a * f[0], b * f[1], c * f[2], al, be, ga)
 

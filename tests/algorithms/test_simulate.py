@@ -227,3 +227,13 @@ def test_results_depend_only_on_the_seed():
     other = simulate_crystal(spec.replace(seed=8), plan_crystals(spec.replace(seed=8))[1], structures)
     assert not np.array_equal(first.images, other.images)
     assert first.images.dtype == np.uint16
+
+
+def test_a_bad_tetragonal_crystal_stays_tetragonal():
+    spec = PRESETS["xray"].replace(n_crystals=6, n_images=2, n_bad_crystals=5, bad_crystal_kind="cell", seed=2)
+    for plan in plan_crystals(spec)[1:]:
+        cell = plan.crystal.unit_cell
+        assert cell.a == pytest.approx(cell.b, rel=1e-12)
+        assert abs(cell.a / 79.1 - 1) == pytest.approx(0.03) and abs(cell.c / 38.0 - 1) == pytest.approx(0.03)
+        assert (cell.a > 79.1) != (cell.c > 38.0)
+        assert cell.is_compatible_with_spacegroup(plan.crystal.space_group)
