@@ -232,14 +232,21 @@ def _match_reference(table: ReflectionTable, reflections: ReflectionTable) -> np
     return np.isin(np.ascontiguousarray(pred_arr).view(dtype).ravel(), np.ascontiguousarray(ref_arr).view(dtype).ravel())
 
 
-def integration_graph(experiment: Experiment, reflections: ReflectionTable, params: Params, stack, experiment_id: int = 0):
-    """A Dask Delayed of the StepResult for one experiment, given its lazy image ``stack``."""
+def integration_graph(experiment, reflections, params: Params, stack, experiment_id: int = 0,
+                      sweep: Experiment | None = None):
+    """A Dask Delayed of the StepResult for one experiment, given its lazy image ``stack``.
+
+    ``experiment`` and ``reflections`` may themselves be Delayed (the results of refinement in
+    the ``process`` graph); then ``sweep``, the imported experiment, gives the scan and the
+    detector mask that fix the chunk tasks when the graph is built.
+    """
     name = f"ds{experiment_id}"
+    sweep = experiment if sweep is None else sweep
     prep = dask.delayed(prepare, pure=True)(experiment, reflections, params, dask_key_name=f"integrate-prepare-{name}")
     data = stack.data if hasattr(stack, "data") else stack
-    pixel_valid = pixel_validity_mask(experiment)
-    z0 = experiment.scan.array_range[0]
-    n = experiment.scan.num_images
+    pixel_valid = pixel_validity_mask(sweep)
+    z0 = sweep.scan.array_range[0]
+    n = sweep.scan.num_images
     bounds = _chunk_bounds(n, params.chunk_images)
     results = []
     for task, (s, e) in enumerate(bounds):
