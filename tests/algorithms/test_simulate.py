@@ -61,6 +61,8 @@ def test_isolated_spot_centroids_and_sums_match_truth(noiseless):
         box = images[z0:z1, y0:y0 + 2 * h + 1, x0:x0 + 2 * h + 1]
         total = box.sum()
         assert total == pytest.approx(o.counts[i], rel=0.01)
+        per_image = o.counts[i] / o.partiality[i] * o.partial_fractions[o.partial_offsets[i]:o.partial_offsets[i + 1]]
+        np.testing.assert_allclose(box.sum(axis=(1, 2)), per_image, rtol=0.01, atol=1e-3 * o.counts[i])
         zz, yy, xx = np.meshgrid(np.arange(z0, z1) + 0.5, np.arange(box.shape[1]) + y0 + 0.5,
                                  np.arange(box.shape[2]) + x0 + 0.5, indexing="ij")
         assert abs((box * xx).sum() / total - x) < 0.1
@@ -237,3 +239,24 @@ def test_a_bad_tetragonal_crystal_stays_tetragonal():
         assert abs(cell.a / 79.1 - 1) == pytest.approx(0.03) and abs(cell.c / 38.0 - 1) == pytest.approx(0.03)
         assert (cell.a > 79.1) != (cell.c > 38.0)
         assert cell.is_compatible_with_spacegroup(plan.crystal.space_group)
+
+
+def test_without_drift_the_observations_are_the_static_predictions():
+    """Every reflection the static predictor puts inside the scan is in the truth, at the same
+    place (apart from the documented cuts: |ζ| < 10⁻³ or < 10⁻³ of the rocking curve inside)."""
+    from algorithms.geometry.prediction import miller_indices_to_d_min, predict_rotation
+
+    spec = PRESETS["tiny"].replace(n_crystals=1, n_images=10, d_min=3.0, **NOISELESS)
+    plan = plan_crystals(spec)[0]
+    o = simulate_crystal(spec, plan, make_structures(spec, [plan])).observations
+    hkl = miller_indices_to_d_min(plan.crystal.A, 3.0)
+    hkl = hkl[~np.asarray(plan.crystal.space_group.operations().systematic_absences(hkl.astype(np.int32)), bool)]
+    p = predict_rotation(hkl, plan.crystal.A, plan.beam, plan.detector, plan.goniometer, plan.scan)
+    p = p.select(1 / np.linalg.norm(p.s1 - plan.beam.s0, axis=1) >= 3.0)
+    truth = {(tuple(h), bool(e)): i for i, (h, e) in enumerate(zip(o.miller_index, o.entering))}
+    rows = np.array([truth.get((tuple(h), bool(e)), -1) for h, e in zip(p.miller_index, p.entering)])
+    assert len(p) > 300 and np.all(rows >= 0)
+    np.testing.assert_allclose(o.xyz_px[rows], p.xyzcal_px, atol=1e-9)
+    np.testing.assert_allclose(o.s1[rows], p.s1, atol=1e-12)
+    inside = (o.xyz_px[:, 2] >= 0) & (o.xyz_px[:, 2] < spec.n_images)
+    assert inside.sum() == len(p)
