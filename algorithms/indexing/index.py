@@ -30,10 +30,11 @@ from algorithms.indexing.candidates import (
 )
 from algorithms.indexing.fft1d import fft1d_candidate_vectors
 from algorithms.indexing.fft3d import MIN_CELL, fft3d_candidate_vectors
-from algorithms.indexing.known_symmetry import MAX_DELTA_DEG, apply_known_symmetry, symmetrize_crystal
+from algorithms.indexing.known_symmetry import MAX_DELTA_DEG, apply_known_symmetry
 from algorithms.indexing.max_cell import estimate_max_cell, max_cell_from_unit_cell
 from algorithms.indexing.scoring import score_candidates
 from algorithms.symmetry.change_of_basis import ChangeOfBasis
+from algorithms.symmetry.lattice_symmetry import symmetrize_crystal
 from algorithms.symmetry.reduction import niggli_reduce_crystal
 
 RefineCallable = Callable[[Crystal, np.ndarray, np.ndarray], tuple]

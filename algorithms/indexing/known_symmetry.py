@@ -10,32 +10,14 @@ from __future__ import annotations
 import gemmi
 import numpy as np
 
-from algorithms.geometry.models import Crystal, b_matrix
+from algorithms.geometry.models import Crystal
 from algorithms.symmetry.change_of_basis import ChangeOfBasis
-from algorithms.symmetry.lattice_symmetry import setting_for_space_group, symmetrize_cell
+from algorithms.symmetry.lattice_symmetry import setting_for_space_group, symmetrize_crystal
 from algorithms.symmetry.reduction import niggli_reduce_cell
 
 RELATIVE_LENGTH_TOLERANCE = 0.1
 ABSOLUTE_ANGLE_TOLERANCE_DEG = 5.0
 MAX_DELTA_DEG = 5.0
-
-
-def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
-    """The proper rotation closest (Frobenius) to a 3×3 matrix (polar decomposition)."""
-    W, _, Vt = np.linalg.svd(matrix)
-    R = W @ Vt
-    if np.linalg.det(R) < 0:
-        W[:, -1] *= -1
-        R = W @ Vt
-    return R
-
-
-def symmetrize_crystal(crystal: Crystal, space_group: gemmi.SpaceGroup) -> Crystal:
-    """The crystal with its cell symmetrised for the group and the nearest orientation."""
-    cell = symmetrize_cell(crystal.unit_cell, space_group)
-    B = b_matrix(cell)
-    U = nearest_rotation(crystal.A @ np.linalg.inv(B))
-    return Crystal(A=U @ B, space_group=space_group)
 
 
 def cells_match(cell: gemmi.UnitCell, target: gemmi.UnitCell,

@@ -24,7 +24,7 @@ from math import gcd
 import gemmi
 import numpy as np
 
-from algorithms.geometry.models import Crystal
+from algorithms.geometry.models import Crystal, b_matrix
 from algorithms.symmetry.change_of_basis import ChangeOfBasis
 from algorithms.symmetry.reduction import niggli_reduce_cell
 
@@ -96,6 +96,24 @@ def symmetrize_cell(cell: gemmi.UnitCell | tuple, space_group: gemmi.SpaceGroup 
     G = _metric(cell)
     rotations = [np.array(op.rot, float) / gemmi.Op.DEN for op in space_group.operations().sym_ops]
     return _cell_from_metric(np.mean([W.T @ G @ W for W in rotations], axis=0))
+
+
+def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
+    """The proper rotation closest (Frobenius) to a 3×3 matrix (polar decomposition)."""
+    W, _, Vt = np.linalg.svd(matrix)
+    R = W @ Vt
+    if np.linalg.det(R) < 0:
+        W[:, -1] *= -1
+        R = W @ Vt
+    return R
+
+
+def symmetrize_crystal(crystal: Crystal, space_group: gemmi.SpaceGroup) -> Crystal:
+    """The crystal with its cell symmetrised for the group and the nearest orientation."""
+    cell = symmetrize_cell(crystal.unit_cell, space_group)
+    B = b_matrix(cell)
+    U = nearest_rotation(crystal.A @ np.linalg.inv(B))
+    return Crystal(A=U @ B, space_group=space_group)
 
 
 def _primitive(v: np.ndarray) -> np.ndarray:

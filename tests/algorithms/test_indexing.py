@@ -14,7 +14,7 @@ from algorithms.indexing import (
     index_reflections,
     score_candidates,
 )
-from algorithms.indexing.known_symmetry import nearest_rotation
+from algorithms.symmetry import nearest_rotation
 from algorithms.indexing.max_cell import _primitive_cell, ice_ring_mask, overlapping_bbox_mask
 from algorithms.symmetry import niggli_reduce_cell
 from indexing_simulation import LYSOZYME, MYD88_C2, TRICLINIC, simulate_spots

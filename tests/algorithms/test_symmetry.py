@@ -17,6 +17,7 @@ from algorithms.symmetry import (
     niggli_reduce_crystal,
     setting_for_space_group,
     symmetrize_cell,
+    symmetrize_crystal,
 )
 
 TUTORIAL_P1 = (37.07, 61.63, 64.40, 72.88, 89.25, 73.45)
@@ -187,3 +188,16 @@ def test_setting_follows_input_basis_and_target_cell():
         setting = setting_for_space_group((50, 60, 70, 90.1, 90, 89.9), "P 21 21 2", target_cell=target)
         assert cell_close(setting.unit_cell, target, 1e-3, 0.2)
         assert setting.cb_op.determinant > 0
+
+
+def test_symmetrize_crystal_keeps_orientation():
+    U = Rotation.random(random_state=7).as_matrix()
+    true = Crystal.from_cell_and_U(gemmi.UnitCell(*MYD88_C2), U, space_group="C 1 2 1")
+    strained = Crystal(A=true.A @ (np.eye(3) + 1e-3 * np.random.default_rng(0).normal(size=(3, 3))))
+    ideal = symmetrize_crystal(strained, gemmi.SpaceGroup("C 1 2 1"))
+    p = ideal.unit_cell.parameters
+    assert abs(p[3] - 90) < 1e-9 and abs(p[5] - 90) < 1e-9
+    assert cell_close(ideal.unit_cell, MYD88_C2, 3e-3, 0.3)
+    R = ideal.U @ true.U.T
+    assert np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))) < 0.2
+    assert ideal.space_group.hm == "C 1 2 1"
