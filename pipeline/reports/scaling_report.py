@@ -4,7 +4,8 @@ Rendered from the same data the logs print: the merging statistics (CC½, I/σ, 
 multiplicity against resolution, plotted on a 1/d² axis labelled in Å), and for scaling the report
 dict built by ``pipeline.steps.scale`` with the keys
 
-- ``models``: per crystal ``{"label", "image", "scale", "b_factor"}`` (model curves against image);
+- ``models``: per crystal ``{"label", "image", "scale", "b_factor"}`` (model curves against image) and
+  optionally ``"r_merge_image", "r_merge"`` (Rmerge of each image's observations);
 - ``filtering`` (optional): ``{"delta_cc_half": [...], "cutoff": x (first cycle), "mode": ..., "cycles": [...],
   "removed_image_ranges": [[label, first, last], ...], "removed_datasets": [label, ...]}``;
 - ``error_model`` (optional): ``{"a", "b", "normal_quantiles": [...], "deviations": [...]}`` (sorted).
@@ -38,9 +39,12 @@ def merging_statistics_plots(stats: MergingStatistics) -> str:
 def _model_plots(models: list[dict]) -> str:
     scale = [Series(m["label"], m["image"], m["scale"]) for m in models]
     decay = [Series(m["label"], m["image"], m["b_factor"]) for m in models if m.get("b_factor") is not None]
-    svgs = [plot_svg(scale, Axes("Scale term vs image", "Image (batch)", "Scale C"))]
+    svgs = [plot_svg(scale, Axes("Scale term vs image", "Image", "Scale C"))]
     if decay:
-        svgs.append(plot_svg(decay, Axes("Relative B vs image", "Image (batch)", "B (Å²)")))
+        svgs.append(plot_svg(decay, Axes("Relative B vs image", "Image", "B (Å²)")))
+    r_merge = [Series(m["label"], m["r_merge_image"], m["r_merge"]) for m in models if m.get("r_merge") is not None]
+    if r_merge:
+        svgs.append(plot_svg(r_merge, Axes("Rmerge vs image", "Image", "Rmerge", y_range=(0.0, None))))
     return plots_html(svgs)
 
 

@@ -194,7 +194,9 @@ def combine_inputs(experiment_lists: list[list[Experiment]], tables: list[Reflec
     identifiers = [e.identifier for e in experiments]
     if len(set(identifiers)) != len(identifiers) or not all(identifiers):
         for e in experiments:
-            e.identifier = str(uuid.uuid4())
+            old, e.identifier = e.identifier, str(uuid.uuid4())
+            if old in e.scan.valid_image_ranges:  # image ranges of an earlier scaling run follow the experiment
+                e.scan.valid_image_ranges = {e.identifier: e.scan.valid_image_ranges[old]}
     _check_lattices(experiments, origin)
     table = ReflectionTable.concat(parts)
     table.experiment_identifiers = {i: e.identifier for i, e in enumerate(experiments)}
@@ -386,6 +388,18 @@ def normalised_deviations(group: np.ndarray, intensity: np.ndarray, variance: np
     return np.sqrt((n[keep] - 1) / n[keep]) * (intensity[keep] - merged.intensity[group][keep]) / np.sqrt(variance[keep])
 
 
+def r_merge_by_image(group: np.ndarray, image: np.ndarray, intensity: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rmerge of the observations of each image against their merged means (groups with n ≥ 2)."""
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    merged = merge_intensities(group, intensity, variance, n_groups)
+    multi = merged.multiplicity[group] >= 2
+    images, index = np.unique(image[multi], return_inverse=True)
+    deviation = np.bincount(index, np.abs(intensity - merged.intensity[group])[multi], len(images))
+    total = np.bincount(index, intensity[multi], len(images))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return images, np.where(total != 0, deviation / total, np.nan)
+
+
 @dataclass
 class ScaledOutput:
     experiments: list[Experiment]
@@ -452,6 +466,10 @@ def apply_result(prepared: PreparedInput, result: ScalingResult, options: Scalin
         shown = np.unique(np.linspace(0, len(deviations) - 1, min(len(deviations), REPORT_MAX_POINTS)).astype(int))
         report["error_model"] = {"a": result.error_model.a, "b": result.error_model.b,
                                  "deviations": deviations[shown], "normal_quantiles": quantiles[shown]}
+        for k, model in enumerate(models):
+            mine = rows["id"] == k
+            model["r_merge_image"], model["r_merge"] = r_merge_by_image(
+                mapping.group[mine], rows["batch"][mine] - experiments[k].scan.batch_offset, intensity[mine], variance[mine])
     if result.filtering:
         report["filtering"] = filtering_report(result.filtering, options.mode)
     return ScaledOutput(experiments, table, statistics, report)

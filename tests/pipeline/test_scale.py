@@ -258,3 +258,14 @@ def test_real_quartz_scaling_matches_dials_model_layout_and_intensities(shared_d
     ours_i = (t["intensity.scale.value"] / t["inverse_scale_factor"])[pairs[both, 0]]
     dials_i = (reference["intensity.scale.value"] / reference["inverse_scale_factor"])[pairs[both, 1]]
     assert np.corrcoef(ours_i, dials_i)[0, 1] > 0.98
+
+
+def test_r_merge_by_image_by_hand():
+    group = np.array([0, 0, 1, 1, 2])
+    image = np.array([1, 2, 1, 2, 2])
+    intensity = np.array([10.0, 20.0, 5.0, 5.0, 7.0])
+    variance = np.array([1.0, 1.0, 1.0, 4.0, 1.0])
+    images, r_merge = scale.r_merge_by_image(group, image, intensity, variance)
+    # means: group 0 → 15, group 1 → 5 (weighted), group 2 is single (left out)
+    np.testing.assert_array_equal(images, [1, 2])
+    np.testing.assert_allclose(r_merge, [(5 + 0) / 15, (5 + 0) / 25])
