@@ -214,6 +214,8 @@ def _primitive_candidate(crystal, rlp, d, phi_rad, considered, tolerance, min_ce
         hkl, ok, _ = assign_indices(rlp, c.A, tolerance, phi_rad, d, candidates_mask=considered)
         return hkl[ok]
 
+    if crystal.unit_cell.volume < min_cell_volume:
+        return None
     crystal, _ = correct_non_primitive_basis(crystal, reindex, min_cell_volume)
     return crystal
 
