@@ -94,6 +94,7 @@ def batch_headers(experiment: Experiment, batch_offset: int, dataset_id: int) ->
         u = A @ np.linalg.inv(b_matrix(cell))
         batch = gemmi.Mtz.Batch()
         batch.number = image + batch_offset
+        batch.title = f"Batch {batch.number}"
         ints = list(batch.ints)
         ints[_LBCELL] = [-1] * 6
         ints[_NCRYST], ints[_LDTYPE], ints[_JSAXS], ints[_NGONAX], ints[_NDET] = 1, 2, 1, 1, 1

@@ -62,3 +62,29 @@ def test_build_and_write_round_trip_keeps_columns_types_and_missing_values(tmp_p
     assert back.datasets[1].wavelength == pytest.approx(0.0251)
     assert back.spacegroup.hm == "P 21 21 21" and back.history == ["history line"]
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
+
+
+def test_batch_headers_equal_those_dials_wrote_for_real_3d_ed_data(shared_data, tmp_path):
+    """DIALS 2.1 exported this sweep after reindexing a' = −c, b' = −b, c' = −a (P4 → P 1 2 1 setting);
+    with the same basis every header float (scan-varying cell, Mosflm U, angles, axes, beam, detector)
+    and integer must agree."""
+    from pipeline.formats.expt import read_experiments
+    from pipeline.formats.mtz import batch_headers
+
+    folder = shared_data / "ed_lysozyme_cred" / "reference_dials" / "experiment_14"
+    dials = gemmi.read_mtz_file(str(folder / "scaled.mtz"))
+    experiment = read_experiments(folder / "integrated.expt")[0]
+    experiment.crystal = experiment.crystal.change_basis(np.array([[0, 0, -1], [0, -1, 0], [-1, 0, 0]]))
+    ours = batch_headers(experiment, 0, 1)
+    assert [b.number for b in ours] == [b.number for b in dials.batches]
+    for mine, theirs in zip(ours, dials.batches):
+        assert list(mine.ints) == list(theirs.ints)
+        np.testing.assert_allclose(np.array(mine.floats), np.array(theirs.floats), atol=2e-5)
+        assert list(mine.axes) == list(theirs.axes) == ["AXIS"]
+    path = tmp_path / "batches.mtz"
+    mtz = build_mtz(gemmi.SpaceGroup("P 1 2 1"), dials.cell, MtzNames("DIALS", "XTAL", "FROMDIALS"), 0.0251,
+                    np.zeros((1, 3)), [], "t", [])
+    for header in ours:
+        mtz.batches.append(header)
+    write_mtz(mtz, path)
+    assert [b.title for b in gemmi.read_mtz_file(str(path)).batches] == [b.title for b in dials.batches]
