@@ -138,6 +138,7 @@ def build_mtz(space_group: gemmi.SpaceGroup, unit_cell: gemmi.UnitCell, names: M
     values = [np.asarray(miller_index, dtype=np.float64).reshape(-1, 3)]
     values += [np.asarray(c.values, dtype=np.float64).reshape(-1, 1) for c in columns]
     mtz.set_data(np.ascontiguousarray(np.hstack(values), dtype=np.float32))
+    mtz.update_reso()
     mtz.history = list(history)
     return mtz
 
