@@ -39,10 +39,15 @@ class SimulatedCrystal:
     images: np.ndarray  # (n_images, n_slow, n_fast): uint16 counts, or float64 expectations without Poisson
 
 
+def data_d_min(spec: SimulationSpec, plans: list[CrystalPlan]) -> float:
+    """The resolution the data reach: d_min, or the best detector corner of all crystals."""
+    return spec.d_min or min(p.detector.max_resolution(p.beam.s0) for p in plans)
+
+
 def structure_d_min(spec: SimulationSpec, plans: list[CrystalPlan]) -> float:
     """Resolution of the structure table: below every crystal's reach, with room for changed
     and drifting cells."""
-    d_min = spec.d_min or min(p.detector.max_resolution(p.beam.s0) for p in plans)
+    d_min = data_d_min(spec, plans)
     margin = 1.0 + (spec.bad_cell_change_percent * (spec.n_bad_crystals > 0) + abs(spec.drift_cell_percent)) / 100.0
     return d_min / margin * 0.98
 

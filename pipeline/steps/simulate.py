@@ -8,7 +8,8 @@
 - ``<i>/truth.json`` — the true geometry, crystal, scan and nuisance parameters (schema below);
 - ``<i>/truth.expt`` — the true models as a DIALS experiment list (scan-varying A included);
 - ``<i>/truth_observations.npz`` — one row per observation (:class:`Observations` fields);
-- ``true_merged.mtz`` — the true merged intensities (IMEAN, SIGIMEAN = 1) in the ASU;
+- ``true_merged.mtz`` — the true merged intensities (IMEAN, SIGIMEAN = 1) of every ASU reflection
+  to the data's d_min (the best detector corner, or d_min=);
 - ``simulation.json`` — the resolved settings and a per-crystal summary.
 
 Everything is written into a hidden temporary folder beside the output and renamed at the end,
@@ -62,7 +63,15 @@ import numpy as np
 
 from algorithms.geometry.models import Experiment, unit_cell_from_a_matrix
 from algorithms.reflection_table import ReflectionTable
-from algorithms.simulate import PRESETS, SimulatedCrystal, SimulationSpec, make_structures, plan_crystals, simulate_crystal
+from algorithms.simulate import (
+    PRESETS,
+    SimulatedCrystal,
+    SimulationSpec,
+    data_d_min,
+    make_structures,
+    plan_crystals,
+    simulate_crystal,
+)
 from algorithms.simulate.observations import Observations
 from algorithms.simulate.spec import CrystalPlan
 from algorithms.simulate.structure import StructureModel
@@ -338,15 +347,16 @@ def write_crystal(folder: Path, simulated: SimulatedCrystal, spec: SimulationSpe
     return record
 
 
-def write_true_merged_mtz(path: Path, structure: StructureModel) -> None:
-    """The true merged intensities (IMEAN, SIGIMEAN = 1) of the ASU reflections."""
+def write_true_merged_mtz(path: Path, structure: StructureModel, d_min: float) -> None:
+    """The true merged intensities (IMEAN, SIGIMEAN = 1) of the ASU reflections with d ≥ d_min."""
+    keep = structure.d >= d_min
     mtz = gemmi.Mtz(with_base=True)
     mtz.spacegroup = structure.space_group
     mtz.set_cell_for_all(structure.cell)
     mtz.add_dataset("simulated")
     mtz.add_column("IMEAN", "J")
     mtz.add_column("SIGIMEAN", "Q")
-    data = np.column_stack([structure.asu_hkl, structure.intensity, np.ones(len(structure.intensity))])
+    data = np.column_stack([structure.asu_hkl[keep], structure.intensity[keep], np.ones(keep.sum())])
     mtz.set_data(data.astype(np.float32))
     mtz.history = ["ewald simulate: true merged intensities (kinematic, before any scale)"]
     mtz.write_to_file(str(path))
@@ -396,11 +406,13 @@ def run(params: Params, output_folder: str | Path) -> StepResult:
 
         with ThreadPoolExecutor(max_workers=max(1, params.nproc)) as pool:
             results = list(pool.map(one, plans))
-        write_true_merged_mtz(tmp / "true_merged.mtz", structures["true"])
+        d_min = data_d_min(spec, plans)
+        write_true_merged_mtz(tmp / "true_merged.mtz", structures["true"], d_min)
         summary = {
             "preset": params.preset,
             "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(spec).items()},
-            "n_true_unique": len(structures["true"].intensity),
+            "d_min": d_min,
+            "n_true_unique": int(np.sum(structures["true"].d >= d_min)),
             "crystals": [
                 {
                     "crystal": record["crystal"],

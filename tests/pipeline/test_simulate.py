@@ -82,6 +82,9 @@ def test_true_merged_mtz_holds_the_observed_true_intensities(tiny):
     assert len(o) > 100
     for hkl, intensity in zip(o.asu_miller_index[:300], o.intensity_true[:300]):
         assert keys[tuple(hkl)] == pytest.approx(intensity, rel=1e-6)
+    d = 1 / np.linalg.norm(data[:, :3] @ np.array(mtz.cell.frac.mat.tolist()), axis=1)
+    assert d.min() >= result.summary["d_min"] and len(data) == result.summary["n_true_unique"]
+    assert result.summary["d_min"] == pytest.approx(2.0, abs=0.05)  # the Timepix corners at 1762 mm
     summary = json.loads((out / "simulation.json").read_text())
     assert summary["spec"]["n_images"] == 8 and len(summary["crystals"]) == 2
     assert summary == result.summary
