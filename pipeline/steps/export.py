@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -263,21 +264,25 @@ def run(experiments: list[Experiment], reflections: ReflectionTable, params: Par
     return StepResult(experiments, reflections, {**summary, "mtz": mtz})
 
 
-def cli(params: Params, files: list[str]) -> None:
-    """Read scaled (or integrated) .expt/.refl and write the unmerged MTZ."""
-    from pipeline.formats.expt import read_experiments
+def write_outputs(result: StepResult, params: Params, folder: str | Path = ".") -> Path:
+    """Write the MTZ that ``run`` built into ``folder`` (atomically); returns its path."""
     from pipeline.formats.mtz import write_mtz
-    from pipeline.formats.refl import read_reflections
-    from pipeline.inputs import experiments_and_reflections_from
 
-    experiments_path, reflections_path = experiments_and_reflections_from(files, NAME)
-    experiments = read_experiments(experiments_path)
-    reflections = read_reflections(reflections_path)
-    result = run(experiments, reflections, params)
     summary = result.summary
-    hklout = params.mtz.hklout or ("scaled.mtz" if summary["intensity"] == ["scale"] else "integrated.mtz")
+    hklout = Path(folder) / (params.mtz.hklout or ("scaled.mtz" if summary["intensity"] == ["scale"] else "integrated.mtz"))
     logger.info("Exporting %d reflections (%s intensities) in %s with %d batches (offsets %s)",
                 summary["n_reflections"], "+".join(summary["intensity"]), summary["space_group"],
                 summary["n_batches"], ", ".join(map(str, summary["batch_offsets"])))
     write_mtz(summary["mtz"], hklout)
     logger.info("Saved unmerged MTZ to %s", hklout)
+    return hklout
+
+
+def cli(params: Params, files: list[str]) -> None:
+    """Read scaled (or integrated) .expt/.refl and write the unmerged MTZ."""
+    from pipeline.formats.expt import read_experiments
+    from pipeline.formats.refl import read_reflections
+    from pipeline.inputs import experiments_and_reflections_from
+
+    experiments_path, reflections_path = experiments_and_reflections_from(files, NAME)
+    write_outputs(run(read_experiments(experiments_path), read_reflections(reflections_path), params), params)

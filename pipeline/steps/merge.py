@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,24 +130,29 @@ def run(experiments: list[Experiment], reflections: ReflectionTable, params: Par
     return StepResult(experiments, reflections, summary)
 
 
-def cli(params: Params, files: list[str]) -> None:
-    """Read scaled.expt/scaled.refl, write merged.mtz (and merge.html)."""
-    from pipeline.formats.expt import read_experiments
+def write_outputs(result: StepResult, params: Params, folder: str | Path = ".") -> None:
+    """Write merged.mtz (and merge.html) into ``folder`` (atomically), logging the statistics."""
+    from pipeline.formats.expt import write_bytes_atomically
     from pipeline.formats.mtz import write_mtz
-    from pipeline.formats.refl import read_reflections
-    from pipeline.inputs import experiments_and_reflections_from
+    from pipeline.reports.scaling_report import merging_report_html
 
-    experiments_path, reflections_path = experiments_and_reflections_from(files, NAME)
-    result = run(read_experiments(experiments_path), read_reflections(reflections_path), params)
+    folder = Path(folder)
     summary = result.summary
     logger.info("Merging %d observations into %d unique reflections (%s, cell %s)", summary["n_observations"],
                 summary["n_unique"], summary["space_group"], " ".join(f"{v:.3f}" for v in summary["unit_cell"]))
     logger.info("\n%s", format_merging_statistics_table(summary["merging_statistics"]))
-    write_mtz(summary["mtz"], params.output.mtz)
-    logger.info("Saved merged MTZ to %s", params.output.mtz)
+    write_mtz(summary["mtz"], folder / params.output.mtz)
+    logger.info("Saved merged MTZ to %s", folder / params.output.mtz)
     if params.output.html:
-        from pipeline.formats.expt import write_bytes_atomically
-        from pipeline.reports.scaling_report import merging_report_html
+        write_bytes_atomically(folder / params.output.html, merging_report_html(summary["merging_statistics"]).encode())
+        logger.info("Saved HTML report to %s", folder / params.output.html)
 
-        write_bytes_atomically(params.output.html, merging_report_html(summary["merging_statistics"]).encode())
-        logger.info("Saved HTML report to %s", params.output.html)
+
+def cli(params: Params, files: list[str]) -> None:
+    """Read scaled.expt/scaled.refl, write merged.mtz (and merge.html)."""
+    from pipeline.formats.expt import read_experiments
+    from pipeline.formats.refl import read_reflections
+    from pipeline.inputs import experiments_and_reflections_from
+
+    experiments_path, reflections_path = experiments_and_reflections_from(files, NAME)
+    write_outputs(run(read_experiments(experiments_path), read_reflections(reflections_path), params), params)

@@ -570,32 +570,39 @@ def _read_pairs(files: list[str]) -> tuple[list[list[Experiment]], list[Reflecti
     return [read_experiments(p) for p in expts], [read_reflections(p) for p in refls], [str(p) for p in refls]
 
 
-def cli(params: Params, files: list[str]) -> None:
-    """Read the integrated pairs, scale, write scaled.expt/refl, scaled.html and the filtering JSON."""
+def write_outputs(result: StepResult, params: Params, folder: str | Path = ".") -> None:
+    """Write scaled.expt/refl, the filtering JSON and scaled.html into ``folder`` (atomically) and
+    log the tables dials.scale ends with."""
     from algorithms.merging import format_merging_statistics_table
     from pipeline.formats.expt import write_bytes_atomically, write_experiments
     from pipeline.formats.refl import write_reflections
     from pipeline.reports.scaling_report import scaling_report_html
 
-    experiment_lists, tables, sources = _read_pairs(files)
-    experiments, table = combine_inputs(experiment_lists, tables, sources)
-    logger.info("Scaling %d experiments, %d integrated reflections", len(experiments), len(table))
-    result = run(experiments, table, params)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     summary = result.summary
     if summary["filtering_log"]:
         logger.info(summary["filtering_log"])
     logger.info(summary["scaling_summary"])
     stats = summary["merging_statistics"]
-    write_experiments(result.experiments, params.output.experiments)
-    write_reflections(result.reflections, params.output.reflections)
+    write_experiments(result.experiments, folder / params.output.experiments)
+    write_reflections(result.reflections, folder / params.output.reflections)
     logger.info("Saved %d experiments to %s and %d reflections to %s", len(result.experiments),
-                params.output.experiments, len(result.reflections), params.output.reflections)
+                folder / params.output.experiments, len(result.reflections), folder / params.output.reflections)
     if summary["report"].get("filtering"):
-        path = params.filtering.output.scale_and_filter_results
+        path = folder / params.filtering.output.scale_and_filter_results
         write_bytes_atomically(path, (json.dumps(summary["report"]["filtering"], indent=1) + "\n").encode())
         logger.info("Saved filtering results to %s", path)
     if params.output.html and stats is not None:
-        write_bytes_atomically(params.output.html, scaling_report_html(stats, summary["report"]).encode())
-        logger.info("Saved HTML report to %s", params.output.html)
+        write_bytes_atomically(folder / params.output.html, scaling_report_html(stats, summary["report"]).encode())
+        logger.info("Saved HTML report to %s", folder / params.output.html)
     if stats is not None:  # the log ends with the merging statistics, as dials.scale.log does
         logger.info("\n%s", format_merging_statistics_table(stats))
+
+
+def cli(params: Params, files: list[str]) -> None:
+    """Read the integrated pairs, scale, write scaled.expt/refl, scaled.html and the filtering JSON."""
+    experiment_lists, tables, sources = _read_pairs(files)
+    experiments, table = combine_inputs(experiment_lists, tables, sources)
+    logger.info("Scaling %d experiments, %d integrated reflections", len(experiments), len(table))
+    write_outputs(run(experiments, table, params), params)
