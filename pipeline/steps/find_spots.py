@@ -74,7 +74,8 @@ class Filter:
     min_spot_size: int | None = param(None, "Smallest spot kept (pixels); None = 3 for pixel-array detectors, else 6.")
     max_spot_size: int = param(1000, "Largest spot kept (pixels).")
     max_separation: float = param(2.0, "Largest distance (pixels, images) between a spot's brightest voxel and its centroid.")
-    max_strong_pixel_fraction: float = param(0.25, "Fail if more than this fraction of an image's pixels are strong.")
+    max_strong_pixel_fraction: float = param(
+        0.25, "An image with more strong pixels than this fraction is left out with a warning (DIALS fails).")
     border: int = param(0, "Mask this many pixels at the edges of the detector.")
     untrusted: list[Untrusted] = scope(Untrusted, "Regions of the detector to mask.", multiple=True)
 

@@ -118,3 +118,15 @@ def test_cli_without_experiments_exits_2(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ewald("find_spots") == 2
     assert not (tmp_path / "strong.refl").exists()
+
+
+def test_log_names_rejected_images():
+    summary = {"imagesets": [{
+        "first_image": 5, "strong_pixels_per_image": [10, 70000, 12], "rejected_images": [6],
+        "max_strong_pixel_fraction": 0.25, "n_extracted": 3, "n_too_small": 1, "n_too_large": 0,
+        "min_spot_size": 3, "max_spot_size": 1000, "n_centroided": 2, "n_spots": 2,
+        "histogram": "2 spots found on 1 image"}]}
+    log = find_spots.format_find_spots_log(summary)
+    assert "Found 70000 strong pixels on image 6\nFound 12 strong pixels on image 7\n" in log
+    assert "Warning: image 6 has more strong pixels than max_strong_pixel_fraction=0.25" in log
+    assert log.rstrip().endswith("Histogram of per-image spot count for imageset 0:\n2 spots found on 1 image")
