@@ -156,3 +156,24 @@ def test_files_do_not_depend_on_the_number_of_threads(tmp_path):
     for crystal in ("1", "2", "3"):
         for name in ("00001.img", "00002.img", "00003.img", "truth.json"):
             assert (outputs[0] / crystal / name).read_bytes() == (outputs[1] / crystal / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_the_full_myd88_preset(tmp_path):
+    """18 crystals × 72 images as the tutorial's data, with one bad crystal and six corrupted
+    images (at sweep ends and in the middle), recorded in the truth."""
+    out = tmp_path / "myd88"
+    result = run(Params(preset="myd88"), out)
+    folders = sorted(int(p.name) for p in out.iterdir() if p.is_dir())
+    assert folders == list(range(1, 19))
+    assert all(len(list((out / str(i)).glob("*.img"))) == 72 for i in folders)
+    records = [json.loads((out / str(i) / "truth.json").read_text()) for i in folders]
+    assert sum(r["bad_crystal"] for r in records) == 1 and not records[0]["bad_crystal"]
+    corrupted = [(r["crystal"], c["image"]) for r in records for c in r["corrupted_images"]]
+    assert len(corrupted) == 6 and all(crystal != 1 for crystal, _ in corrupted)
+    ends = [image for _, image in corrupted if image <= 3 or image >= 70]
+    assert len(ends) == 3
+    assert {dict(_header(out / "5" / "00072.img"))["DISTANCE"]} == {"2.193"}
+    assert all(r["distance_mm"] == pytest.approx(1762.0) for r in records)
+    assert all(r["drift"]["rotation_deg"] == 0.2 for r in records)
+    assert 6000 < len(result.reflections) / 18 < 8000
