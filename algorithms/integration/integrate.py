@@ -22,6 +22,7 @@ from algorithms.integration.profiles import (
     learn_reference_profiles,
     nearest_available_profile,
     sampler_coordinates,
+    support_cells,
 )
 from algorithms.integration.shoebox_geometry import compute_bboxes, partiality
 
@@ -53,6 +54,10 @@ def predict_reflections(
         d_min = det.max_resolution(s0)
     A_ref = crystal.A if crystal.A_at_scan_points is None else crystal.A_at_scan_points.mean(axis=0)
     hkl = miller_indices_to_d_min(A_ref * 0.995, d_min, None)  # a margin for cells varying in the scan
+    # as DIALS' index generator: no systematically absent reflections (their empty foregrounds
+    # would only take pixels from their neighbours' backgrounds)
+    absent = crystal.space_group.operations().systematic_absences(np.ascontiguousarray(hkl, dtype=np.int32))
+    hkl = hkl[~np.asarray(absent, dtype=bool)]
     if crystal.A_at_scan_points is not None:
         pred = predict_rotation_scan_varying(hkl, crystal.A_at_scan_points, beam, det, gonio, scan)
     else:
@@ -96,14 +101,23 @@ def pixel_validity_mask(experiment: Experiment) -> np.ndarray:
     return valid
 
 
+BACKGROUND_MODELS = {"constant3d": kernels.CONSTANT3D, "loglinear3d": kernels.LOGLINEAR3D}
+N_BACKGROUND_PARAMETERS = {kernels.CONSTANT3D: 1, kernels.LOGLINEAR3D: 4}
+# profile cells a fit may use: within 4.5 cells of the centre, beyond the 2 % contour of a
+# Gaussian 25 % wider than the model (3.4 cells for the model's own width)
+SUPPORT_RADIUS_CELLS = 4.5
+
+
 def integrate_image_block(
     images: np.ndarray, z_first: int, pixel_valid: np.ndarray, experiment: Experiment, profile: ProfileModel,
-    predicted: dict[str, np.ndarray], rows: np.ndarray, min_background_pixels: int = 10,
+    predicted: dict[str, np.ndarray], rows: np.ndarray, reference_rows: np.ndarray, min_background_pixels: int = 10,
+    background_model: str = "loglinear3d",
 ) -> dict[str, np.ndarray]:
     """Background, summation and Kabsch-grid mapping for the reflections ``rows`` of
     ``predicted`` (whose boxes lie in ``images`` (nz, n_slow, n_fast), the first of which has
     array index ``z_first``); all of ``predicted`` is used to keep others' foreground out of
-    each reflection's background."""
+    each reflection's background. Rows also in ``reference_rows`` (candidates for profile
+    modelling) get their whole grid in ``ref_*`` arrays, in the order of ``ref_rows``."""
     det, scan = experiment.detector, experiment.scan
     n = len(rows)
     delta_b = np.radians(profile.n_sigma * profile.sigma_b_deg)
@@ -112,43 +126,62 @@ def integrate_image_block(
                                        det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
                                        delta_b)
     mine = {k: v[rows] for k, v in predicted.items()}
-    G = kernels.GRID
+    ref_rows = np.intersect1d(rows, reference_rows)
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[np.searchsorted(rows, ref_rows)] = np.arange(len(ref_rows))
+    support = support_cells(SUPPORT_RADIUS_CELLS)
+    ns, nr, G3 = len(support), len(ref_rows), kernels.GRID_CELLS
     out = {
         "intensity.sum.value": np.zeros(n),
         "intensity.sum.variance": np.zeros(n),
         "background.mean": np.zeros(n),
+        "background.sum.value": np.zeros(n),
+        "background.variance": np.zeros(n),
         "num_pixels.foreground": np.zeros(n, np.int64),
         "num_pixels.background": np.zeros(n, np.int64),
         "kernel_flags": np.zeros(n, np.int64),
         "xyzobs.px.value": np.zeros((n, 3)),
-        "grid_counts": np.zeros((n, G, G, G), np.float32),
-        "grid_cover": np.zeros((n, G, G, G), np.float32),
-        "grid_cover2": np.zeros((n, G, G, G), np.float32),
-        "grid_bad": np.zeros((n, G, G, G), np.bool_),
         "voxel_volume": np.zeros(n),
+        "grid_counts": np.zeros((n, ns), np.float32),
+        "grid_background": np.zeros((n, ns), np.float32),
+        "grid_cover": np.zeros((n, ns), np.float32),
+        "grid_cover2": np.zeros((n, ns), np.float32),
+        "grid_bad": np.zeros((n, ns), np.bool_),
+    }
+    refs = {
+        "ref_rows": ref_rows,
+        "ref_counts": np.zeros((nr, G3), np.float32),
+        "ref_background": np.zeros((nr, G3), np.float32),
+        "ref_cover": np.zeros((nr, G3), np.float32),
+        "ref_bad": np.zeros((nr, G3), np.bool_),
     }
     step_b, step_m = profile.grid_steps_rad()
     phi_start, dphi = np.radians(scan.oscillation)
     kernels.integrate_block(
         np.ascontiguousarray(images), int(z_first), pixel_valid, float(det.trusted_range[0]),
         float(det.trusted_range[1]), claimed,
-        np.ascontiguousarray(mine["bbox"], dtype=np.int64), mine["s1"], mine["e1"], mine["e2"],
+        np.ascontiguousarray(mine["bbox"], dtype=np.int64), mine["e1"], mine["e2"],
         mine["zeta"], mine["xyzcal.mm"][:, 2],
         det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
         delta_b, float(phi_start), float(dphi), int(scan.image_range[0]),
-        step_b, step_m, min_background_pixels,
+        step_b, step_m, min_background_pixels, N_BACKGROUND_PARAMETERS[BACKGROUND_MODELS[background_model]], 1.345,
+        support, slot,
         out["intensity.sum.value"], out["intensity.sum.variance"], out["background.mean"],
+        out["background.sum.value"], out["background.variance"],
         out["num_pixels.foreground"], out["num_pixels.background"], out["kernel_flags"], out["xyzobs.px.value"],
-        out["grid_counts"], out["grid_cover"], out["grid_cover2"], out["grid_bad"], out["voxel_volume"],
+        out["voxel_volume"],
+        out["grid_counts"], out["grid_background"], out["grid_cover"], out["grid_cover2"], out["grid_bad"],
+        refs["ref_counts"], refs["ref_background"], refs["ref_cover"], refs["ref_bad"],
     )
-    return out
+    return {**out, **refs}
 
 
 def fit_reference_profiles(
     experiment: Experiment, profile: ProfileModel, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
-    is_reference: np.ndarray, threshold: float = 0.02, scan_step_deg: float = 5.0,
+    modelling_rows: np.ndarray, threshold: float = 0.02, scan_step_deg: float = 5.0,
 ) -> dict[str, np.ndarray]:
-    """Learn reference profiles from ``is_reference`` rows and fit every reflection.
+    """Learn reference profiles from the whole grids of ``modelling_rows`` (``block["ref_*"]``,
+    one row each, in that order) and fit every reflection on its support cells.
 
     Returns intensity.prf.value/variance, profile.correlation, the number of cells fitted and
     the number of references behind the profile each reflection used.
@@ -156,24 +189,24 @@ def fit_reference_profiles(
     det, scan = experiment.detector, experiment.scan
     step_b, step_m = profile.grid_steps_rad()
     cell_volume = step_b * step_b * step_m
-    z_range = scan.array_range
     coords, shape = sampler_coordinates(predicted["xyzcal.px"][:, :2], predicted["xyzcal.px"][:, 2], det.image_size,
-                                        z_range, z_step_images=scan_step_deg / abs(scan.oscillation[1]))
+                                        scan.array_range, z_step_images=scan_step_deg / abs(scan.oscillation[1]))
     profiles, n_refs, available = learn_reference_profiles(
-        coords, shape, is_reference, block["grid_counts"], block["grid_cover"], block["grid_bad"],
-        block["background.mean"], block["voxel_volume"], block["intensity.sum.value"], cell_volume, threshold,
-        profile.n_sigma / (1.5 * profile.n_sigma / (kernels.GRID_HALF + 0.5)),
+        coords[modelling_rows], shape, block["ref_counts"], block["ref_background"], block["ref_cover"],
+        block["ref_bad"], block["voxel_volume"][modelling_rows], block["intensity.sum.value"][modelling_rows],
+        cell_volume,
     )
+    support = support_cells(SUPPORT_RADIUS_CELLS)
+    on_support = profiles[:, support]
+    fit_mask = on_support > threshold * profiles.max(axis=1, keepdims=True)
     which = nearest_available_profile(coords, shape, available)
     n = len(which)
     intensity, variance, correlation = np.zeros(n), np.zeros(n), np.zeros(n)
     n_fitted = np.zeros(n, np.int64)
-    n_bg = np.maximum(block["num_pixels.background"], 1)
-    background_variance = block["background.mean"] / n_bg
     kernels.fit_profiles(
-        which, profiles, block["grid_counts"], block["grid_cover"], block["grid_cover2"], block["grid_bad"],
-        block["background.mean"], background_variance, block["voxel_volume"], threshold,
-        intensity, variance, correlation, n_fitted,
+        which, np.ascontiguousarray(on_support), np.ascontiguousarray(fit_mask), block["grid_counts"],
+        block["grid_background"], block["grid_cover"], block["grid_cover2"], block["grid_bad"],
+        block["background.variance"], block["voxel_volume"], intensity, variance, correlation, n_fitted,
     )
     return {
         "intensity.prf.value": intensity,

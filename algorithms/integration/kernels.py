@@ -2,11 +2,16 @@
 
 For each reflection the kernel builds its shoebox from the images, marks foreground pixels
 (any pixel corner within δb = n_sigma·σb of s1 in the Kabsch frame, on every frame of the box,
-as DIALS 3.5 does), fits a constant background by the robust Poisson GLM of Cantoni & Ronchetti
-(2001) (DIALS' default for counting detectors; Parkhurst et al. 2016), sums the background-
-subtracted foreground, and maps the shoebox onto an 11×11×11 grid in the Kabsch frame (c3, c2, c1)
-for 3D profile fitting (Kabsch 2010): each pixel goes to the cell of its centre in (c1, c2), and
-each frame's counts are spread over the c3 slices its angular range overlaps.
+as DIALS 3.5 does), fits the background by the robust Poisson GLM of Cantoni & Ronchetti (2001)
+(DIALS' default for counting detectors; Parkhurst et al. 2016) with a constant or a log-linear
+model in (x, y, z), sums the background-subtracted foreground, and maps the shoebox onto an
+11×11×11 grid in the Kabsch frame (c3, c2, c1) for 3D profile fitting (Kabsch 2010): each pixel
+goes to the cell of its centre in (c1, c2), and each frame's counts are spread over the c3 slices
+its angular range overlaps.
+
+Every image voxel is read once: the first pass classifies the box's voxels into scratch arrays
+that the background fit and the second pass (summation, centroid, grid) reuse; scratch arrays
+are allocated once per block, not per reflection.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 
 GRID_HALF = 5
 GRID = 2 * GRID_HALF + 1
+GRID_CELLS = GRID * GRID * GRID
 
 # local flag bits returned by the kernel (mapped to DIALS' flags by the caller)
 FG_BAD = 1
@@ -26,31 +32,36 @@ FAILED_BACKGROUND = 8
 FAILED_SUMMATION = 16
 OVERLAPPED_FG = 32
 
+# background models (DIALS' background.glm.model.algorithm)
+CONSTANT3D = 0
+LOGLINEAR3D = 1
+
+# voxel classes of the first pass
+_INVALID_FG = 0
+_FOREGROUND = 1
+_BACKGROUND = 2  # valid, nobody's foreground: used for the background model
+_OTHERS = 3  # valid, another reflection's foreground: neither background nor grid
+_INVALID_BG = 4
+
 
 @numba.njit(cache=True, nogil=True)
-def _poisson_log_pmf(j, mu):
-    return j * math.log(mu) - mu - math.lgamma(j + 1.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _expected_huber_psi(mu, c):
-    """E[ψ_c((Y − μ)/√μ)] for Y ~ Poisson(μ) (Cantoni & Ronchetti 2001, eq. for the Poisson GLM)."""
+def huber_expectations(mu, c):
+    """E[ψ_c(r)] and E[ψ_c(r)·r] for r = (Y − μ)/√μ, Y ~ Poisson(μ) (Cantoni & Ronchetti 2001)."""
+    if mu <= 0.0:
+        return 0.0, 1.0
     sigma = math.sqrt(mu)
-    j1 = math.floor(mu - c * sigma)
-    j2 = math.floor(mu + c * sigma)
     lo = max(0, int(mu - 12.0 * sigma - 10.0))
     hi = int(mu + 12.0 * sigma + 10.0)
-    p_le_j1 = 0.0
-    p_gt_j2 = 0.0
+    e_psi = 0.0
+    e_psi_r = 0.0
+    log_mu = math.log(mu)
     for j in range(lo, hi + 1):
-        p = math.exp(_poisson_log_pmf(j, mu))
-        if j <= j1:
-            p_le_j1 += p
-        elif j > j2:
-            p_gt_j2 += p
-    pmf_j1 = math.exp(_poisson_log_pmf(j1, mu)) if j1 >= 0 else 0.0
-    pmf_j2 = math.exp(_poisson_log_pmf(j2, mu)) if j2 >= 0 else 0.0
-    return c * (p_gt_j2 - p_le_j1) + (mu / sigma) * (pmf_j1 - pmf_j2)
+        p = math.exp(j * log_mu - mu - math.lgamma(j + 1.0))
+        r = (j - mu) / sigma
+        psi = min(max(r, -c), c)
+        e_psi += p * psi
+        e_psi_r += p * psi * r
+    return e_psi, e_psi_r
 
 
 @numba.njit(cache=True, nogil=True)
@@ -75,7 +86,7 @@ def robust_poisson_mean(values, n, tuning_constant=1.345):
         for i in range(n):
             r = (values[i] - mu) / sigma
             s += min(max(r, -tuning_constant), tuning_constant)
-        f = s - n * _expected_huber_psi(mu, tuning_constant)
+        f = s - n * huber_expectations(mu, tuning_constant)[0]
         if f > 0.0:
             a = m
         else:
@@ -86,10 +97,115 @@ def robust_poisson_mean(values, n, tuning_constant=1.345):
 
 
 @numba.njit(cache=True, nogil=True)
-def _corner_frame(x0, y0, nx, ny, e1, e2, origin, fast, slow, pixel_size_x, pixel_size_y):
-    """Kabsch (c1, c2) of every pixel corner of a box; c = e·unit(lab) because e1, e2 ⟂ s1."""
-    c1c = np.empty((ny + 1, nx + 1))
-    c2c = np.empty((ny + 1, nx + 1))
+def _solve_spd(H, U, n):
+    """Solve H x = U (n ≤ 4, symmetric positive definite) by Cholesky in place of small arrays;
+    returns (x, ok)."""
+    L = np.zeros((4, 4))
+    for i in range(n):
+        for j in range(i + 1):
+            s = H[i, j]
+            for k in range(j):
+                s -= L[i, k] * L[j, k]
+            if i == j:
+                if s <= 1e-300:
+                    return np.zeros(4), False
+                L[i, i] = math.sqrt(s)
+            else:
+                L[i, j] = s / L[j, j]
+    y = np.zeros(4)
+    for i in range(n):
+        s = U[i]
+        for k in range(i):
+            s -= L[i, k] * y[k]
+        y[i] = s / L[i, i]
+    x = np.zeros(4)
+    for i in range(n - 1, -1, -1):
+        s = y[i]
+        for k in range(i + 1, n):
+            s -= L[k, i] * x[k]
+        x[i] = s / L[i, i]
+    return x, True
+
+
+@numba.njit(cache=True, nogil=True)
+def robust_loglinear_background(values, bx, by, bz, n, nx, ny, nz, n_params, tuning_constant,
+                                 ex, ey, ez, beta, information):
+    """Robust Poisson GLM of the background voxels ``values[:n]`` at box coordinates (bx, by, bz):
+    ln μ = β0 + β1·u + β2·v + β3·w with u, v, w the coordinates centred on the box and scaled to
+    ±1 (``n_params`` = 1 gives DIALS' constant3d model, 4 its loglinear3d model).
+
+    Fisher scoring of the Cantoni–Ronchetti estimating equations Σ (ψ_c(r_i) − E[ψ_c])·√μ_i·x_i = 0,
+    with the expectations evaluated at the box mean (they vary by ≪ 1 % across a shoebox).
+    On return ``ex[x]·ey[y]·ez[z]`` is μ at every voxel of the box, ``beta`` holds β and
+    ``information`` the Poisson information Σ μ x xᵀ (for the variance of the background).
+    Returns False when the fit fails (then the constant model should be used)."""
+    hx = max(0.5 * (nx - 1), 0.5)
+    hy = max(0.5 * (ny - 1), 0.5)
+    hz = max(0.5 * (nz - 1), 0.5)
+    total = 0.0
+    for i in range(n):
+        total += values[i]
+    for k in range(4):
+        beta[k] = 0.0
+    beta[0] = math.log(max(total / n, 1e-3))
+    x = np.zeros(4)
+    U = np.zeros(4)
+    H = np.zeros((4, 4))
+    ok = True
+    for _ in range(50):
+        for xx in range(nx):
+            ex[xx] = math.exp(beta[1] * (xx - 0.5 * (nx - 1)) / hx)
+        for yy in range(ny):
+            ey[yy] = math.exp(beta[2] * (yy - 0.5 * (ny - 1)) / hy)
+        base = math.exp(beta[0])
+        for zz in range(nz):
+            ez[zz] = base * math.exp(beta[3] * (zz - 0.5 * (nz - 1)) / hz)
+        e_psi, e_psi_r = huber_expectations(base, tuning_constant)
+        U[:] = 0.0
+        H[:, :] = 0.0
+        x[0] = 1.0
+        for i in range(n):
+            mu = ex[bx[i]] * ey[by[i]] * ez[bz[i]]
+            s = math.sqrt(mu)
+            r = (values[i] - mu) / s
+            psi = min(max(r, -tuning_constant), tuning_constant)
+            g = (psi - e_psi) * s
+            x[1] = (bx[i] - 0.5 * (nx - 1)) / hx
+            x[2] = (by[i] - 0.5 * (ny - 1)) / hy
+            x[3] = (bz[i] - 0.5 * (nz - 1)) / hz
+            for a in range(n_params):
+                U[a] += g * x[a]
+                for b in range(a + 1):
+                    H[a, b] += mu * x[a] * x[b]
+        for a in range(n_params):
+            for b in range(a):
+                H[b, a] = H[a, b]
+        for a in range(n_params):
+            for b in range(n_params):
+                information[a, b] = H[a, b]
+        step, ok = _solve_spd(H * max(e_psi_r, 1e-3), U, n_params)
+        if not ok:
+            break
+        largest = 0.0
+        for a in range(n_params):
+            step_a = min(max(step[a], -2.0), 2.0)
+            beta[a] += step_a
+            largest = max(largest, abs(step_a))
+        if largest < 1e-4:
+            break
+    for xx in range(nx):
+        ex[xx] = math.exp(beta[1] * (xx - 0.5 * (nx - 1)) / hx)
+    for yy in range(ny):
+        ey[yy] = math.exp(beta[2] * (yy - 0.5 * (ny - 1)) / hy)
+    for zz in range(nz):
+        ez[zz] = math.exp(beta[0]) * math.exp(beta[3] * (zz - 0.5 * (nz - 1)) / hz)
+    return ok
+
+
+@numba.njit(cache=True, nogil=True)
+def _corner_frame(x0, y0, nx, ny, e1, e2, origin, fast, slow, pixel_size_x, pixel_size_y, c1c, c2c):
+    """Kabsch (c1, c2) of every pixel corner of a box into ``c1c``/``c2c`` (≥ (ny+1, nx+1));
+    c = e·unit(lab) because e1, e2 ⟂ s1."""
     for yy in range(ny + 1):
         for xx in range(nx + 1):
             px = (x0 + xx) * pixel_size_x
@@ -100,14 +216,11 @@ def _corner_frame(x0, y0, nx, ny, e1, e2, origin, fast, slow, pixel_size_x, pixe
             ln = math.sqrt(lx * lx + ly * ly + lz * lz)
             c1c[yy, xx] = (e1[0] * lx + e1[1] * ly + e1[2] * lz) / ln
             c2c[yy, xx] = (e2[0] * lx + e2[1] * ly + e2[2] * lz) / ln
-    return c1c, c2c
 
 
 @numba.njit(cache=True, nogil=True)
-def _foreground_mask(c1c, c2c, delta_b_rad):
-    """Pixels with any corner within δb of s1 (DIALS' ``compute_mask``)."""
-    ny, nx = c1c.shape[0] - 1, c1c.shape[1] - 1
-    foreground = np.zeros((ny, nx), dtype=np.bool_)
+def _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground):
+    """Pixels with any corner within δb of s1 (DIALS' ``compute_mask``) into ``foreground``."""
     inv_db2 = 1.0 / (delta_b_rad * delta_b_rad)
     for yy in range(ny):
         for xx in range(nx):
@@ -116,7 +229,18 @@ def _foreground_mask(c1c, c2c, delta_b_rad):
                 for dx in range(2):
                     m = min(m, (c1c[yy + dy, xx + dx] ** 2 + c2c[yy + dy, xx + dx] ** 2) * inv_db2)
             foreground[yy, xx] = m <= 1.0
-    return foreground
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_box(bbox):
+    mx = 1
+    my = 1
+    mz = 1
+    for i in range(bbox.shape[0]):
+        mx = max(mx, bbox[i, 1] - bbox[i, 0])
+        my = max(my, bbox[i, 3] - bbox[i, 2])
+        mz = max(mz, bbox[i, 5] - bbox[i, 4])
+    return mx, my, mz
 
 
 @numba.njit(cache=True, nogil=True)
@@ -125,45 +249,79 @@ def paint_foreground(shape, z_first, bbox, e1, e2, origin, fast, slow, pixel_siz
     no reflection takes another's foreground as its background (DIALS' image-volume integrators)."""
     nz_img, ny_img, nx_img = shape
     count = np.zeros((nz_img, ny_img, nx_img), dtype=np.int16)
+    mx, my, _ = _max_box(bbox)
+    c1c = np.empty((my + 1, mx + 1))
+    c2c = np.empty((my + 1, mx + 1))
+    foreground = np.empty((my, mx), dtype=np.bool_)
     for i in range(bbox.shape[0]):
         x0, x1, y0, y1, z0, z1 = bbox[i, 0], bbox[i, 1], bbox[i, 2], bbox[i, 3], bbox[i, 4], bbox[i, 5]
-        if z1 <= z_first or z0 >= z_first + nz_img:
+        if z1 <= z_first or z0 >= z_first + nz_img or x1 <= 0 or y1 <= 0 or x0 >= nx_img or y0 >= ny_img:
             continue
-        c1c, c2c = _corner_frame(x0, y0, x1 - x0, y1 - y0, e1[i], e2[i], origin, fast, slow, pixel_size_x, pixel_size_y)
-        foreground = _foreground_mask(c1c, c2c, delta_b_rad)
-        for z in range(max(z0, z_first), min(z1, z_first + nz_img)):
-            for yy in range(y1 - y0):
-                y = y0 + yy
-                if y < 0 or y >= ny_img:
-                    continue
-                for xx in range(x1 - x0):
-                    x = x0 + xx
-                    if 0 <= x < nx_img and foreground[yy, xx]:
-                        count[z - z_first, y, x] += 1
+        nx, ny = x1 - x0, y1 - y0
+        _corner_frame(x0, y0, nx, ny, e1[i], e2[i], origin, fast, slow, pixel_size_x, pixel_size_y, c1c, c2c)
+        _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground)
+        for yy in range(max(0, -y0), min(ny, ny_img - y0)):
+            for xx in range(max(0, -x0), min(nx, nx_img - x0)):
+                if foreground[yy, xx]:
+                    for z in range(max(z0, z_first), min(z1, z_first + nz_img)):
+                        count[z - z_first, y0 + yy, x0 + xx] += 1
     return count
 
 
 @numba.njit(cache=True, nogil=True)
 def integrate_block(
     images, z_first, pixel_valid, trusted_lo, trusted_hi, foreground_count,
-    bbox, s1, e1, e2, zeta, phi_calc,
+    bbox, e1, e2, zeta, phi_calc,
     origin, fast, slow, pixel_size_x, pixel_size_y,
     delta_b_rad, phi_start_rad, dphi_rad, scan_first,
-    grid_step_b, grid_step_m, min_background_pixels,
-    isum, vsum, bg_mean, n_fg, n_bg, flags, centroid,
-    grid_counts, grid_cover, grid_cover2, grid_bad, voxel_volume,
+    grid_step_b, grid_step_m, min_background_pixels, background_params, tuning_constant,
+    support_cells, reference_slot,
+    isum, vsum, bg_mean, bg_sum, bg_var, n_fg, n_bg, flags, centroid, voxel_volume,
+    grid_counts, grid_background, grid_cover, grid_cover2, grid_bad,
+    ref_counts, ref_background, ref_cover, ref_bad,
 ):
     """Integrate the reflections ``bbox`` (n, 6) on ``images`` (nz, ny, nx) whose first frame has
     array index ``z_first``. ``foreground_count`` (from :func:`paint_foreground`) says how many
     reflections claim each voxel: a voxel claimed by another reflection is never background (nor
     a background cell of the profile grid); foreground shared with another reflection is summed,
-    as DIALS 3.5 does, and flagged. Outputs are written into the preallocated arrays."""
+    as DIALS does, and flagged.
+
+    Outputs are written into the preallocated arrays: per reflection the summation results, the
+    background (mean μ over the foreground, ΣB over the foreground and the variance of the
+    per-voxel background there), and the Kabsch grid on the ``support_cells`` (flat cell
+    indices) — counts, background, voxel mass, Σ mass² and a bad-voxel flag per cell; reflections
+    with ``reference_slot`` ≥ 0 also get their whole grid in the ``ref_*`` arrays at that slot."""
     nz_img, ny_img, nx_img = images.shape
     n_refl = bbox.shape[0]
+    mx, my, mz = _max_box(bbox)
+    c1c = np.empty((my + 1, mx + 1))
+    c2c = np.empty((my + 1, mx + 1))
+    foreground = np.empty((my, mx), dtype=np.bool_)
+    cell_of_pixel = np.empty((my, mx), dtype=np.int32)
+    voxel_value = np.empty(mx * my * mz, dtype=np.float32)
+    voxel_class = np.empty(mx * my * mz, dtype=np.uint8)
+    bg_values = np.empty(mx * my * mz)
+    bg_x = np.empty(mx * my * mz, dtype=np.int32)
+    bg_y = np.empty(mx * my * mz, dtype=np.int32)
+    bg_z = np.empty(mx * my * mz, dtype=np.int32)
+    ex = np.empty(mx)
+    ey = np.empty(my)
+    ez = np.empty(mz)
+    beta = np.zeros(4)
+    information = np.zeros((4, 4))
+    slice_k = np.empty((mz, GRID), dtype=np.int32)
+    slice_f = np.empty((mz, GRID))
+    slice_n = np.empty(mz, dtype=np.int32)
+    g_counts = np.zeros(GRID_CELLS)
+    g_background = np.zeros(GRID_CELLS)
+    g_cover = np.zeros(GRID_CELLS)
+    g_cover2 = np.zeros(GRID_CELLS)
+    g_bad = np.zeros(GRID_CELLS, dtype=np.bool_)
+    inv_sb = 1.0 / grid_step_b
     for i in range(n_refl):
         x0, x1, y0, y1, z0, z1 = bbox[i, 0], bbox[i, 1], bbox[i, 2], bbox[i, 3], bbox[i, 4], bbox[i, 5]
         nx, ny, nz = x1 - x0, y1 - y0, z1 - z0
-        c1c, c2c = _corner_frame(x0, y0, nx, ny, e1[i], e2[i], origin, fast, slow, pixel_size_x, pixel_size_y)
+        _corner_frame(x0, y0, nx, ny, e1[i], e2[i], origin, fast, slow, pixel_size_x, pixel_size_y, c1c, c2c)
         # solid angle of one pixel in (c1, c2) from the corner differences at the box centre
         cy, cx = ny // 2, nx // 2
         dc1x = c1c[cy, cx + 1] - c1c[cy, cx]
@@ -171,133 +329,205 @@ def integrate_block(
         dc1y = c1c[cy + 1, cx] - c1c[cy, cx]
         dc2y = c2c[cy + 1, cx] - c2c[cy, cx]
         voxel_volume[i] = abs(dc1x * dc2y - dc1y * dc2x) * abs(zeta[i]) * abs(dphi_rad)
-        foreground = _foreground_mask(c1c, c2c, delta_b_rad)
-        # pass 1: validity, background sample, foreground sums
-        bg_values = np.empty(nx * ny * nz)
+        _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground)
+        # (c1, c2) cell of every pixel centre (−1 outside the grid)
+        for yy in range(ny):
+            for xx in range(nx):
+                c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
+                c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
+                g1 = int(math.floor(c1 * inv_sb + GRID_HALF + 0.5))
+                g2 = int(math.floor(c2 * inv_sb + GRID_HALF + 0.5))
+                cell_of_pixel[yy, xx] = g2 * GRID + g1 if 0 <= g1 < GRID and 0 <= g2 < GRID else -1
+        # pass 1: read and classify every voxel once
         nb = 0
         nf = 0
         sum_fg = 0.0
         f = 0
+        v_index = 0
         for zz in range(nz):
             zi = z0 + zz - z_first
+            z_inside = 0 <= zi < nz_img
             for yy in range(ny):
                 y = y0 + yy
+                row_inside = z_inside and 0 <= y < ny_img
                 for xx in range(nx):
                     x = x0 + xx
-                    valid = 0 <= zi < nz_img and 0 <= y < ny_img and 0 <= x < nx_img
+                    fg = foreground[yy, xx]
+                    valid = row_inside and 0 <= x < nx_img
                     v = 0.0
+                    others = 0
                     if valid:
                         v = images[zi, y, x]
+                        if pixel_valid[y, x] and v >= trusted_hi and fg:
+                            f |= OVERLOADED
                         valid = pixel_valid[y, x] and trusted_lo < v < trusted_hi
-                        if pixel_valid[y, x] and v >= trusted_hi:
-                            f |= OVERLOADED if foreground[yy, xx] else 0
-                    claimed = foreground_count[zi, y, x] if valid else 0
-                    if foreground[yy, xx]:
+                        others = foreground_count[zi, y, x] - (1 if fg else 0)
+                    voxel_value[v_index] = v
+                    if fg:
                         if valid:
+                            voxel_class[v_index] = _FOREGROUND
                             nf += 1
                             sum_fg += v
-                            if claimed > 1:
+                            if others > 0:
                                 f |= OVERLAPPED_FG
                         else:
+                            voxel_class[v_index] = _INVALID_FG
                             f |= FG_BAD
-                    elif claimed == 0:
-                        if valid:
-                            bg_values[nb] = v
-                            nb += 1
-                        else:
-                            f |= BG_BAD
+                    elif not valid:
+                        voxel_class[v_index] = _INVALID_BG
+                        f |= BG_BAD
+                    elif others > 0:
+                        voxel_class[v_index] = _OTHERS
+                    else:
+                        voxel_class[v_index] = _BACKGROUND
+                        bg_values[nb] = v
+                        bg_x[nb] = xx
+                        bg_y[nb] = yy
+                        bg_z[nb] = zz
+                        nb += 1
+                    v_index += 1
         n_fg[i] = nf
         n_bg[i] = nb
+        centroid[i, 0] = np.nan
+        centroid[i, 1] = np.nan
+        centroid[i, 2] = np.nan
         if nb < min_background_pixels:
             flags[i] = f | FAILED_BACKGROUND | FAILED_SUMMATION
             bg_mean[i] = 0.0
             isum[i] = 0.0
             vsum[i] = -1.0
+            if reference_slot[i] >= 0:
+                ref_bad[reference_slot[i], :] = True
+            grid_bad[i, :] = True
             continue
-        mu = robust_poisson_mean(bg_values, nb)
-        bg_mean[i] = mu
-        if f & FG_BAD:
-            f |= FAILED_SUMMATION
-            isum[i] = 0.0
-            vsum[i] = -1.0
-        else:
-            intensity = sum_fg - mu * nf
-            isum[i] = intensity
-            vsum[i] = abs(intensity) + abs(mu * nf) * (1.0 + nf / nb)
-        flags[i] = f
-        # pass 2: centroid of the background-subtracted foreground and the Kabsch-grid mapping
-        wsum = 0.0
-        cxs = 0.0
-        cys = 0.0
-        czs = 0.0
-        inv_sb = 1.0 / grid_step_b
-        inv_sm = 1.0 / grid_step_m
+        # too few background voxels to see a gradient: the constant model
+        n_params = background_params if nb >= 10 * background_params else 1
+        if not robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, nx, ny, nz, n_params, tuning_constant,
+                                           ex, ey, ez, beta, information):
+            n_params = 1
+            robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, nx, ny, nz, 1, tuning_constant,
+                                        ex, ey, ez, beta, information)
+        # c3 slices of every frame
         for zz in range(nz):
-            zi = z0 + zz - z_first
             za = phi_start_rad + (z0 + zz + 1 - scan_first) * dphi_rad
             c3a = zeta[i] * (za - phi_calc[i])
             c3b = zeta[i] * (za + dphi_rad - phi_calc[i])
             if c3a > c3b:
                 c3a, c3b = c3b, c3a
             width = c3b - c3a
+            k_lo = max(0, int(math.floor(c3a / grid_step_m + GRID_HALF + 0.5)))
+            k_hi = min(GRID - 1, int(math.floor(c3b / grid_step_m + GRID_HALF + 0.5)))
+            m = 0
+            for k in range(k_lo, k_hi + 1):
+                lo = (k - GRID_HALF - 0.5) * grid_step_m
+                overlap = min(lo + grid_step_m, c3b) - max(lo, c3a)
+                if overlap > 0.0:
+                    slice_k[zz, m] = k
+                    slice_f[zz, m] = overlap / width
+                    m += 1
+            slice_n[zz] = m
+        # pass 2: background-subtracted sums, centroid and the Kabsch grid
+        g_counts[:] = 0.0
+        g_background[:] = 0.0
+        g_cover[:] = 0.0
+        g_cover2[:] = 0.0
+        g_bad[:] = False
+        sum_b = 0.0
+        grad = np.zeros(4)
+        wsum = 0.0
+        cxs = 0.0
+        cys = 0.0
+        czs = 0.0
+        v_index = 0
+        for zz in range(nz):
             for yy in range(ny):
-                y = y0 + yy
                 for xx in range(nx):
-                    x = x0 + xx
-                    valid = 0 <= zi < nz_img and 0 <= y < ny_img and 0 <= x < nx_img
-                    v = 0.0
-                    if valid:
-                        v = images[zi, y, x]
-                        valid = pixel_valid[y, x] and trusted_lo < v < trusted_hi
-                        if not foreground[yy, xx] and foreground_count[zi, y, x] > 0:
-                            continue  # another reflection's foreground in this one's background
-                    if valid and foreground[yy, xx]:
-                        w = v - mu
+                    c = voxel_class[v_index]
+                    v = voxel_value[v_index]
+                    v_index += 1
+                    if c == _OTHERS:
+                        continue
+                    b = ex[xx] * ey[yy] * ez[zz]
+                    if c == _FOREGROUND:
+                        sum_b += b
+                        grad[0] += b
+                        grad[1] += b * (xx - 0.5 * (nx - 1)) / max(0.5 * (nx - 1), 0.5)
+                        grad[2] += b * (yy - 0.5 * (ny - 1)) / max(0.5 * (ny - 1), 0.5)
+                        grad[3] += b * (zz - 0.5 * (nz - 1)) / max(0.5 * (nz - 1), 0.5)
+                        w = v - b
                         if w > 0:
                             wsum += w
-                            cxs += w * (x + 0.5)
-                            cys += w * (y + 0.5)
+                            cxs += w * (x0 + xx + 0.5)
+                            cys += w * (y0 + yy + 0.5)
                             czs += w * (z0 + zz + 0.5)
-                    # pixel centre → (c1, c2) cell
-                    c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
-                    c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
-                    g1 = int(math.floor(c1 * inv_sb + GRID_HALF + 0.5))
-                    g2 = int(math.floor(c2 * inv_sb + GRID_HALF + 0.5))
-                    if g1 < 0 or g1 >= GRID or g2 < 0 or g2 >= GRID:
+                    cell2 = cell_of_pixel[yy, xx]
+                    if cell2 < 0:
                         continue
-                    for k in range(GRID):
-                        lo = (k - GRID_HALF - 0.5) * grid_step_m
-                        hi = lo + grid_step_m
-                        overlap = min(hi, c3b) - max(lo, c3a)
-                        if overlap <= 0.0:
-                            continue
-                        frac = overlap / width
-                        if valid:
-                            grid_counts[i, k, g2, g1] += v * frac
-                            grid_cover[i, k, g2, g1] += frac
-                            grid_cover2[i, k, g2, g1] += frac * frac
+                    bad = c == _INVALID_FG or c == _INVALID_BG
+                    for s in range(slice_n[zz]):
+                        cell = slice_k[zz, s] * GRID * GRID + cell2
+                        if bad:
+                            g_bad[cell] = True
                         else:
-                            grid_bad[i, k, g2, g1] = True
+                            frac = slice_f[zz, s]
+                            g_counts[cell] += v * frac
+                            g_background[cell] += b * frac
+                            g_cover[cell] += frac
+                            g_cover2[cell] += frac * frac
         if wsum > 0:
             centroid[i, 0] = cxs / wsum
             centroid[i, 1] = cys / wsum
             centroid[i, 2] = czs / wsum
+        # variance of ΣB over the foreground from the background fit: gᵀ I⁻¹ g, g = Σ_fg ∂B/∂β
+        var_sum_b = 0.0
+        if nf > 0:
+            sol, ok = _solve_spd(information, grad, n_params)
+            if ok:
+                for a in range(n_params):
+                    var_sum_b += grad[a] * sol[a]
+        bg_sum[i] = sum_b
+        bg_mean[i] = sum_b / nf if nf > 0 else ex[nx // 2] * ey[ny // 2] * ez[nz // 2]
+        bg_var[i] = var_sum_b / (nf * nf) if nf > 0 else 0.0
+        if f & FG_BAD:
+            f |= FAILED_SUMMATION
+            isum[i] = 0.0
+            vsum[i] = -1.0
         else:
-            centroid[i, 0] = np.nan
-            centroid[i, 1] = np.nan
-            centroid[i, 2] = np.nan
+            intensity = sum_fg - sum_b
+            isum[i] = intensity
+            vsum[i] = abs(intensity) + abs(sum_b) + var_sum_b
+        flags[i] = f
+        for j in range(support_cells.shape[0]):
+            cell = support_cells[j]
+            grid_counts[i, j] = g_counts[cell]
+            grid_background[i, j] = g_background[cell]
+            grid_cover[i, j] = g_cover[cell]
+            grid_cover2[i, j] = g_cover2[cell]
+            grid_bad[i, j] = g_bad[cell]
+        slot = reference_slot[i]
+        if slot >= 0:
+            for cell in range(GRID_CELLS):
+                ref_counts[slot, cell] = g_counts[cell]
+                ref_background[slot, cell] = g_background[cell]
+                ref_cover[slot, cell] = g_cover[cell]
+                ref_bad[slot, cell] = g_bad[cell]
 
 
 @numba.njit(cache=True, nogil=True)
-def fit_profiles(profile_of_refl, profiles, grid_counts, grid_cover, grid_cover2, grid_bad, bg_mean, bg_var,
-                 voxel_volume, threshold, intensity, variance, correlation, n_fitted, max_iterations=100):
-    """Fit I·q + b to each reflection's grid by iteratively reweighted least squares.
+def fit_profiles(profile_of_refl, profiles, fit_mask, grid_counts, grid_background, grid_cover, grid_cover2, grid_bad,
+                 bg_var, voxel_volume, intensity, variance, correlation, n_fitted, max_iterations=100):
+    """Fit I·q + B to each reflection's grid (on the support cells) by iteratively reweighted
+    least squares.
 
-    ``profiles`` (m, 11, 11, 11) are densities per unit c-volume integrating to 1; for cell k of
-    a reflection the expected excess counts are I·q_k with q_k = g_k·n_k·v_vox (n_k: voxel mass in
-    the cell, v_vox: one voxel's c-volume) and its variance cover2_k·(b + I·g_k·v_vox).
+    ``profiles`` (m, n_support) are densities per unit c-volume (normalised over the whole grid);
+    ``fit_mask`` (m, n_support) the cells each profile is fitted on. For cell k of a reflection
+    the expected counts are I·q_k + B_k with q_k = g_k·n_k·v_vox (n_k: voxel mass in the cell,
+    v_vox: one voxel's c-volume, B_k: the modelled background there) and the variance
+    cover2_k·(B_k/n_k + I·g_k·v_vox). The variance of I adds the background model's own error
+    (``bg_var``: variance of the per-voxel background level) propagated through the fit.
     """
     n = grid_counts.shape[0]
+    n_support = grid_counts.shape[1]
     for i in range(n):
         j = profile_of_refl[i]
         if j < 0:
@@ -305,18 +535,14 @@ def fit_profiles(profile_of_refl, profiles, grid_counts, grid_cover, grid_cover2
             variance[i] = -1.0
             continue
         g = profiles[j]
-        gmax = g.max()
-        b = bg_mean[i]
+        use = fit_mask[j]
         vv = voxel_volume[i]
-        # initial estimate: summed excess over the cells used
         num0 = 0.0
         m = 0
-        for k in range(GRID):
-            for y in range(GRID):
-                for x in range(GRID):
-                    if g[k, y, x] > threshold * gmax and grid_cover[i, k, y, x] > 0 and not grid_bad[i, k, y, x]:
-                        num0 += grid_counts[i, k, y, x] - b * grid_cover[i, k, y, x]
-                        m += 1
+        for c in range(n_support):
+            if use[c] and grid_cover[i, c] > 0 and not grid_bad[i, c]:
+                num0 += grid_counts[i, c] - grid_background[i, c]
+                m += 1
         n_fitted[i] = m
         if m < 3:
             variance[i] = -1.0
@@ -325,55 +551,41 @@ def fit_profiles(profile_of_refl, profiles, grid_counts, grid_cover, grid_cover2
         for _ in range(max_iterations):
             num = 0.0
             den = 0.0
-            for k in range(GRID):
-                for y in range(GRID):
-                    for x in range(GRID):
-                        gk = g[k, y, x]
-                        nk = grid_cover[i, k, y, x]
-                        if gk > threshold * gmax and nk > 0 and not grid_bad[i, k, y, x]:
-                            q = gk * nk * vv
-                            v = grid_cover2[i, k, y, x] * (abs(b) + abs(est) * gk * vv) + 1e-10
-                            num += (grid_counts[i, k, y, x] - b * nk) * q / v
-                            den += q * q / v
+            for c in range(n_support):
+                nk = grid_cover[i, c]
+                if use[c] and nk > 0 and not grid_bad[i, c]:
+                    q = g[c] * nk * vv
+                    v = grid_cover2[i, c] * (abs(grid_background[i, c]) / nk + abs(est) * g[c] * vv) + 1e-10
+                    num += (grid_counts[i, c] - grid_background[i, c]) * q / v
+                    den += q * q / v
             new = num / den
             converged = abs(new - est) < 1e-3
             est = new
             if converged:
                 break
-        # variance: counting term of the fit plus the background estimate's own error
         den = 0.0
         dbg = 0.0
-        for k in range(GRID):
-            for y in range(GRID):
-                for x in range(GRID):
-                    gk = g[k, y, x]
-                    nk = grid_cover[i, k, y, x]
-                    if gk > threshold * gmax and nk > 0 and not grid_bad[i, k, y, x]:
-                        q = gk * nk * vv
-                        v = grid_cover2[i, k, y, x] * (abs(b) + abs(est) * gk * vv) + 1e-10
-                        den += q * q / v
-                        dbg += nk * q / v
-        intensity[i] = est
-        variance[i] = 1.0 / den + bg_var[i] * (dbg / den) ** 2
-        # Pearson correlation between model and data over the fitted cells
         sx = 0.0
         sy = 0.0
         sxx = 0.0
         syy = 0.0
         sxy = 0.0
-        for k in range(GRID):
-            for y in range(GRID):
-                for x in range(GRID):
-                    gk = g[k, y, x]
-                    nk = grid_cover[i, k, y, x]
-                    if gk > threshold * gmax and nk > 0 and not grid_bad[i, k, y, x]:
-                        model = est * gk * nk * vv + b * nk
-                        data = grid_counts[i, k, y, x]
-                        sx += model
-                        sy += data
-                        sxx += model * model
-                        syy += data * data
-                        sxy += model * data
+        for c in range(n_support):
+            nk = grid_cover[i, c]
+            if use[c] and nk > 0 and not grid_bad[i, c]:
+                q = g[c] * nk * vv
+                v = grid_cover2[i, c] * (abs(grid_background[i, c]) / nk + abs(est) * g[c] * vv) + 1e-10
+                den += q * q / v
+                dbg += nk * q / v
+                model = est * q + grid_background[i, c]
+                data = grid_counts[i, c]
+                sx += model
+                sy += data
+                sxx += model * model
+                syy += data * data
+                sxy += model * data
+        intensity[i] = est
+        variance[i] = 1.0 / den + bg_var[i] * (dbg / den) ** 2
         cov = sxy - sx * sy / m
         vx = sxx - sx * sx / m
         vy = syy - sy * sy / m

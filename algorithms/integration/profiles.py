@@ -2,8 +2,8 @@
 XDS' 3×3 detector regions × rotation blocks).
 
 Each reference reflection's Kabsch grid gives a density per unit c-volume per unit intensity,
-g = (counts − b·n)/(n·v_vox·I_ref) (n: voxel mass mapped to the cell, v_vox: a voxel's
-c-volume); profiles are intensity-weighted means of these densities at 3×3 detector positions ×
+g = (counts − B)/(n·v_vox·I_ref) (B: modelled background, n: voxel mass mapped to the cell,
+v_vox: a voxel's c-volume); profiles are intensity-weighted means of these densities at 3×3 detector positions ×
 ⌈scan/step⌉ rotation positions, every reference contributing to its neighbouring positions with
 weight exp(−4 ln2 · d²) (d in grid spacings).
 """
@@ -25,12 +25,12 @@ def sampler_coordinates(xy_px: np.ndarray, z_px: np.ndarray, image_size: tuple[i
     return np.column_stack([cx, cy, cz]), (n_xy, n_xy, n_z)
 
 
-def profile_support(radius_cells: float) -> np.ndarray:
-    """Boolean (11, 11, 11) mask of the cells whose centres lie within ``radius_cells`` of the
-    grid centre (the n_sigma ellipsoid, which is a sphere in units of σ)."""
+def support_cells(radius_cells: float) -> np.ndarray:
+    """Flat indices (c3, c2, c1 order) of the grid cells whose centres lie within
+    ``radius_cells`` of the grid centre: the cells a profile may be fitted on."""
     k = np.arange(GRID) - GRID // 2
     c3, c2, c1 = np.meshgrid(k, k, k, indexing="ij")
-    return c1**2 + c2**2 + c3**2 <= radius_cells**2
+    return np.flatnonzero((c1**2 + c2**2 + c3**2 <= radius_cells**2).ravel()).astype(np.int32)
 
 
 def _position_grid(shape: tuple[int, int, int]) -> np.ndarray:
@@ -41,49 +41,46 @@ def _position_grid(shape: tuple[int, int, int]) -> np.ndarray:
 def learn_reference_profiles(
     coordinates: np.ndarray,
     shape: tuple[int, int, int],
-    is_reference: np.ndarray,
-    grid_counts: np.ndarray,
-    grid_cover: np.ndarray,
-    grid_bad: np.ndarray,
+    counts: np.ndarray,
     background: np.ndarray,
+    cover: np.ndarray,
+    bad: np.ndarray,
     voxel_volume: np.ndarray,
     intensity: np.ndarray,
     cell_volume: float,
-    threshold: float = 0.02,
-    n_sigma_cells: float = 3.0 / (4.5 / 5.5),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Profiles (m, 11, 11, 11) normalised to ∫g dc = 1, the number of references behind each,
-    and whether each position has a profile.
+    """Profiles (m, 11³) from the whole grids of the reference reflections (rows of ``counts``,
+    ``background``, ``cover``, ``bad``, with sampler ``coordinates``, ``voxel_volume`` and
+    summation ``intensity``), the number of references behind each position, and whether each
+    position has a profile.
 
-    Cells below ``threshold`` × the profile's peak are set to zero before normalising (as XDS
-    does), so that a small error in the references' backgrounds, summed over the many outer
-    cells, cannot lower the normalised peak; ``n_sigma_cells`` is the model's n_sigma extent in
-    grid cells (3σ over cells of 4.5σ/5.5)."""
+    Each profile is normalised so that its integral over the whole grid is 1 — cells below the
+    fitting threshold count too — so that a fit on the central cells alone estimates the whole
+    reflection; the noise of the outer cells averages out over the references (it is not
+    clipped at zero, which would bias the integral)."""
     positions = _position_grid(shape)
-    ref = np.nonzero(is_reference & (intensity > 0))[0]
     m = len(positions)
+    ref = np.nonzero(intensity > 0)[0]
     if len(ref) == 0:
-        return np.zeros((m, GRID, GRID, GRID)), np.zeros(m, int), np.zeros(m, bool)
+        return np.zeros((m, GRID**3)), np.zeros(m, int), np.zeros(m, bool)
     d2 = np.sum((coordinates[ref, None, :] - positions[None, :, :]) ** 2, axis=2)
     weights = np.where(d2 <= 3.0, np.exp(-4 * np.log(2) * d2), 0.0)  # (R, m)
-    n = grid_cover[ref].reshape(len(ref), -1)
-    good = (n > 0) & ~grid_bad[ref].reshape(len(ref), -1)
-    excess = grid_counts[ref].reshape(len(ref), -1) - background[ref, None] * n
-    # intensity-weighted: g_k = Σ w (c − b·n)/v_vox ÷ Σ w·n·I, so that strong references, whose
+    n = cover[ref].astype(float)
+    good = (n > 0) & ~bad[ref]
+    excess = counts[ref] - background[ref]
+    # intensity-weighted: g_k = Σ w (c − B)/v_vox ÷ Σ w·n·I, so that strong references, whose
     # shapes are best determined, dominate and weak ones add little noise
     numerator = weights.T @ np.where(good, excess / voxel_volume[ref, None], 0.0)
     denominator = weights.T @ np.where(good, n * intensity[ref, None], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         profiles = np.where(denominator > 0, numerator / denominator, 0.0)
-    # the profile lives inside the n_sigma ellipsoid of the Gaussian model: outside it, averaged
-    # noise clipped at zero would only add spurious mass and lower the normalised peak
-    profiles = np.maximum(profiles, 0.0) * profile_support(n_sigma_cells).ravel()
-    profiles[profiles < threshold * profiles.max(axis=1, keepdims=True)] = 0.0
     total = profiles.sum(axis=1) * cell_volume
-    available = total > 0
+    peak = profiles.max(axis=1)
+    available = (total > 0) & (peak > 0)
     profiles[available] /= total[available, None]
-    counts = np.count_nonzero(weights > 0.5, axis=0)
-    return profiles.reshape(m, GRID, GRID, GRID), counts, available
+    profiles[~available] = 0.0
+    n_refs = np.count_nonzero(weights > 0.5, axis=0)
+    return profiles, n_refs, available
 
 
 def nearest_available_profile(coordinates: np.ndarray, shape: tuple[int, int, int], available: np.ndarray) -> np.ndarray:

@@ -79,6 +79,13 @@ class Filter:
 @dataclass
 class Background:
     min_pixels: int = param(10, "Fewest valid background pixels for the GLM background model.")
+    model: str = param(
+        "loglinear3d",
+        "Robust Poisson GLM background model: constant3d (DIALS' default) or loglinear3d (ln of the background "
+        "linear in x, y, z). Because no reflection's background may use another's foreground, the background "
+        "voxels of a dense pattern lie unevenly around the spot; on the steep inelastic background of ED "
+        "images a constant then misses the level under the spot, a log-linear model does not.",
+        choices=("constant3d", "loglinear3d"))
 
 
 @dataclass
@@ -92,7 +99,7 @@ class Params:
     profile: Profile = scope(Profile, "The profile model and profile fitting.")
     prediction: Prediction = scope(Prediction, "Which reflections to predict.")
     filter: Filter = scope(Filter, "Reflections left out of integration.")
-    background: Background = scope(Background, "Background modelling (robust Poisson GLM, constant in 3D).")
+    background: Background = scope(Background, "Background modelling (robust Poisson GLM).")
     chunk_images: int = param(8, "Images per Dask task.")
     halo_images: int = param(8, "Extra images each chunk task reads on each side for reflections spanning chunks.")
     output: Output = scope(Output, "Output files.")
@@ -143,15 +150,24 @@ def prepare(experiment: Experiment, reflections: ReflectionTable, params: Params
     hi = np.array([min(experiment.scan.num_images, b[1] + params.halo_images) for b in bounds])[owner]
     fits = (predicted["bbox"][:, 4] - z0_scan >= lo) & (predicted["bbox"][:, 5] - z0_scan <= hi)
     owner = np.where(fits, owner, len(bounds))  # the last "task" reads the whole scan
-    return {"profile": profile, "estimate": estimate, "predicted": predicted, "owner": owner, "bounds": bounds}
+    # candidates for profile modelling: predictions of strong indexed spots, fully recorded,
+    # with the whole box on the detector (those that are also summed become the references)
+    reference = _match_reference(predicted, reflections)
+    nx, ny = experiment.detector.image_size
+    bbox = predicted["bbox"]
+    on_detector = (bbox[:, 0] >= 0) & (bbox[:, 1] <= nx) & (bbox[:, 2] >= 0) & (bbox[:, 3] <= ny)
+    candidates = np.flatnonzero(reference & (predicted["partiality"] > 0.99) & on_detector)
+    return {"profile": profile, "estimate": estimate, "predicted": predicted, "owner": owner, "bounds": bounds,
+            "reference": reference, "modelling_candidates": candidates}
 
 
 def integrate_chunk(prep: dict, task: int, images: np.ndarray, z_first: int, experiment: Experiment,
-                    pixel_valid: np.ndarray, min_background_pixels: int) -> tuple[np.ndarray, dict]:
+                    pixel_valid: np.ndarray, background: Background) -> tuple[np.ndarray, dict]:
     """Integrate the reflections owned by ``task`` from ``images`` starting at array index ``z_first``."""
     rows = np.nonzero(prep["owner"] == task)[0]
-    block = integrate_image_block(np.ascontiguousarray(images), z_first, pixel_valid, experiment, prep["profile"],
-                                  prep["predicted"], rows, min_background_pixels)
+    block = integrate_image_block(np.ascontiguousarray(images, dtype=np.float32), z_first, pixel_valid, experiment,
+                                  prep["profile"], prep["predicted"], rows, prep["modelling_candidates"],
+                                  background.min_pixels, background.model)
     return rows, block
 
 
@@ -162,7 +178,12 @@ def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections:
     n = len(predicted["bbox"])
     rows = np.concatenate([r for r, _ in chunk_results]) if chunk_results else np.zeros(0, int)
     order = np.argsort(rows)
-    block = {k: np.concatenate([b[k] for _, b in chunk_results])[order] for k in chunk_results[0][1]} if n else {}
+    block = {k: np.concatenate([b[k] for _, b in chunk_results])[order]
+             for k in chunk_results[0][1] if not k.startswith("ref_")} if n else {}
+    ref_rows = np.concatenate([b["ref_rows"] for _, b in chunk_results]) if n else np.zeros(0, int)
+    ref_order = np.argsort(ref_rows)
+    for k in ("ref_counts", "ref_background", "ref_cover", "ref_bad"):
+        block[k] = np.concatenate([b[k] for _, b in chunk_results])[ref_order] if n else None
     table = ReflectionTable(experiment_identifiers={experiment_id: experiment.identifier})
     table["id"] = np.full(n, experiment_id, dtype=np.int32)
     table["panel"] = np.zeros(n, dtype=np.uint64)
@@ -188,21 +209,22 @@ def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections:
         table[name] = block[name]
     table["xyzobs.px.value"] = block["xyzobs.px.value"]
     nfg = block["num_pixels.foreground"]
-    table["background.sum.value"] = block["background.mean"] * nfg
-    table["background.sum.variance"] = np.abs(block["background.mean"] * nfg) * (
-        1 + nfg / np.maximum(block["num_pixels.background"], 1))
+    table["background.sum.value"] = block["background.sum.value"]
+    table["background.sum.variance"] = np.abs(block["background.sum.value"]) + block["background.variance"] * nfg**2
     # reference spots: predictions matched to the strong indexed spots (same h and entering)
-    reference = _match_reference(table, reflections)
+    reference = prep["reference"]
     table.set_flags(reference, Flags.reference_spot)
-    nx, ny = experiment.detector.image_size
-    bbox = predicted["bbox"]
-    on_detector = (bbox[:, 0] >= 0) & (bbox[:, 1] <= nx) & (bbox[:, 2] >= 0) & (bbox[:, 3] <= ny)
-    modelling = reference & summed & (predicted["partiality"] > 0.99) & on_detector
+    candidates = prep["modelling_candidates"]
+    modelling_rows = candidates[summed[candidates]]
+    for k in ("ref_counts", "ref_background", "ref_cover", "ref_bad"):
+        block[k] = block[k][summed[candidates]]
+    modelling = np.zeros(n, bool)
+    modelling[modelling_rows] = True
     summary = {"profile_model": {"sigma_b_deg": prep["profile"].sigma_b_deg, "sigma_m_deg": prep["profile"].sigma_m_deg,
                                  "n_sigma": prep["profile"].n_sigma, **prep["estimate"]},
                "n_predicted": int(n), "n_reference": int(reference.sum()), "n_modelling": int(modelling.sum())}
     if params.profile.fitting:
-        fitted = fit_reference_profiles(experiment, prep["profile"], predicted, block, modelling,
+        fitted = fit_reference_profiles(experiment, prep["profile"], predicted, block, modelling_rows,
                                         params.profile.gaussian_rs.fitting.threshold,
                                         params.profile.gaussian_rs.fitting.scan_step)
         ok = integrable & (fitted["intensity.prf.variance"] > 0)
@@ -219,7 +241,7 @@ def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections:
     return StepResult([out_experiment], table, summary)
 
 
-def _match_reference(table: ReflectionTable, reflections: ReflectionTable) -> np.ndarray:
+def _match_reference(table: dict | ReflectionTable, reflections: ReflectionTable) -> np.ndarray:
     strong = reflections.get_flags(Flags.indexed) & np.any(reflections["miller_index"] != 0, axis=1)
     keys_ref = {(*map(int, h), bool(e)) for h, e in zip(reflections["miller_index"][strong], reflections["entering"][strong])}
     hkl, ent = table["miller_index"], table["entering"]
@@ -252,10 +274,10 @@ def integration_graph(experiment, reflections, params: Params, stack, experiment
     for task, (s, e) in enumerate(bounds):
         lo, hi = max(0, s - params.halo_images), min(n, e + params.halo_images)
         results.append(dask.delayed(integrate_chunk, pure=True)(
-            prep, task, data[lo:hi], z0 + lo, experiment, pixel_valid, params.background.min_pixels,
+            prep, task, data[lo:hi], z0 + lo, experiment, pixel_valid, params.background,
             dask_key_name=f"integrate-{name}-{task}"))
     results.append(dask.delayed(integrate_chunk, pure=True)(
-        prep, len(bounds), data, z0, experiment, pixel_valid, params.background.min_pixels,
+        prep, len(bounds), data, z0, experiment, pixel_valid, params.background,
         dask_key_name=f"integrate-{name}-wide"))
     return dask.delayed(finish, pure=True)(prep, results, experiment, reflections, params, experiment_id,
                                             dask_key_name=f"integrate-finish-{name}")
