@@ -62,7 +62,8 @@ class ScalingData:
     """Everything joint scaling needs, one row per observation.
 
     ``z_obs`` is the 0-based image coordinate (image number = ⌊z⌋ + first image of the scan);
-    ``s0c``/``s1c`` are crystal-frame unit vectors for the absorption surface (optional).
+    ``s0c``/``s1c`` are crystal-frame unit vectors for the absorption surface (optional; see
+    :func:`algorithms.scaling.absorption.crystal_frame_directions`).
     """
 
     dataset: np.ndarray

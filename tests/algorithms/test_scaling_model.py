@@ -32,7 +32,7 @@ def test_smoother_weights_are_normalised_gaussians_of_the_nearest_three():
     z = np.array([0.0, 20.3, 71.9])
     columns, weights = axis.weights(z)
     assert np.allclose(weights.sum(axis=1), 1.0)
-    x = z * axis.norm_factor
+    x = (z - 0.5) * axis.norm_factor
     for row in range(len(z)):
         distances = np.abs(axis.positions - x[row])
         assert set(columns[row]) == set(np.argsort(distances)[:3])
