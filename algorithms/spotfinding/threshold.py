@@ -198,19 +198,22 @@ def threshold_image_into(
     # Pass 2: erosion. A dispersed pixel is "core" iff its chessboard distance to the nearest
     # non-dispersed pixel is ≥ e = min(kernel): no non-dispersed pixel in the (2e−1)² window
     # around it (clipped at the image edge, beyond which nothing counts as background).
+    # DIALS 3.5's distance transform never visits column 0 and leaves it at distance 0, so
+    # columns 0 … e−1 are never core there; kept for agreement (DIALS replaced it by an explicit
+    # erosion in 2024).
     reach = min(kernel_x, kernel_y) - 1
     n_core = 0
     for i in range(n_dispersed):
         y = dispersed_list[i] // n_fast
         x = dispersed_list[i] - y * n_fast
-        is_core = True
+        is_core = x > reach
         for yy in range(max(0, y - reach), min(n_slow, y + reach + 1)):
+            if not is_core:
+                break
             for xx in range(max(0, x - reach), min(n_fast, x + reach + 1)):
                 if flags[yy, xx] == 0:
                     is_core = False
                     break
-            if not is_core:
-                break
         if is_core:
             core_list[n_core] = dispersed_list[i]
             n_core += 1

@@ -66,6 +66,17 @@ def test_threshold_equals_independent_reference(stack, algorithm, min_local, gai
     assert not ours[10, 10] and not ours[~mask].any()
 
 
+def test_left_edge_columns_are_never_core_as_in_dials_3_5():
+    """DIALS 3.5's chessboard distance transform leaves column 0 at distance 0, so a spot in
+    columns 0–2 is eroded away by dispersion_extended (not by the classic test); other edges are not."""
+    images = pixels_image((1, 20, 20), [(0, 10, 1), (0, 5, 3), (0, 15, 19), (0, 0, 10)])
+    mask = np.ones((20, 20), bool)
+    extended = dispersion_threshold_mask(images[0], mask)
+    classic = dispersion_threshold_mask(images[0], mask, DispersionParameters(algorithm="dispersion"))
+    assert np.argwhere(extended).tolist() == [[0, 10], [5, 3], [15, 19]]
+    assert np.argwhere(classic).tolist() == [[0, 10], [5, 3], [10, 1], [15, 19]]
+
+
 def test_no_strong_pixels_in_pure_poisson_background():
     rng = np.random.default_rng(3)
     images = rng.poisson(20.0, (5, 200, 200)).astype(np.float32)
