@@ -28,6 +28,7 @@ from algorithms.refinement.refiner import (
     RefinementResult,
     predict_for_indexed,
     refine,
+    scan_varying_summary,
 )
 from algorithms.refinement.reflection_manager import observations_mm_from_px
 
@@ -38,4 +39,5 @@ __all__ = [
     "observations_mm_from_px",
     "predict_for_indexed",
     "refine",
+    "scan_varying_summary",
 ]

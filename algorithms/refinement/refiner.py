@@ -341,7 +341,7 @@ def _cell_covariance(model: ParameterisedModel, covariance: np.ndarray):
     return tuple(float(e) for e in esds), jac_B @ cov @ jac_B.T
 
 
-def _scan_varying_summary(refined: Experiment, static_U: np.ndarray) -> dict:
+def scan_varying_summary(refined: Experiment, static_U: np.ndarray) -> dict:
     """Cell and orientation (rotations about x, y, z relative to the static U) at the scan points."""
     scan = refined.scan
     z = np.arange(scan.array_range[0], scan.array_range[1] + 1, dtype=float)
@@ -427,6 +427,6 @@ def refine(experiment: Experiment, reflections: ReflectionTable, options: Refine
         parameter_values=result.x,
         parameter_esds=np.sqrt(np.maximum(np.diag(result.covariance), 0.0)),
         cell_esds=cell_esds,
-        scan_varying_model=_scan_varying_summary(current, static_U) if options.scan_varying else None,
+        scan_varying_model=scan_varying_summary(current, static_U) if options.scan_varying else None,
         residual_summaries=residual_summaries,
     )

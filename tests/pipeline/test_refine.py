@@ -1,0 +1,154 @@
+"""``ewald refine`` against exact truth: static and scan-varying refinement, the restraint PHIL
+file of the walk-through (distance calibration), flags and columns of refined.refl, the CLI."""
+import os
+
+import numpy as np
+import pytest
+
+from algorithms.reflection_table import Flags
+from algorithms.refinement.simulation import ed_experiment, perturbed, simulate_reflections, xray_experiment
+from indexed_p1_data import indexed_p1
+from pipeline.cli import main
+from pipeline.formats.expt import read_experiments, write_experiments
+from pipeline.formats.refl import read_reflections, write_reflections
+from pipeline.params import parse_parameters
+from pipeline.steps import refine
+from pipeline.steps.refine_bravais_settings import reindexed
+from algorithms.symmetry import setting_for_space_group, symmetrize_crystal
+
+RESTRAINT_PHIL = """refinement
+{
+  parameterisation
+  {
+    crystal
+    {
+      unit_cell
+      {
+        restraints
+        {
+          tie_to_target
+          {
+            values=99.06,31.01,54.30,90,107.7,90
+            sigmas=0.01,0.01,0.01,0.01,0.01,0.01
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def _params(*args):
+    return parse_parameters(refine.Params, list(args))[0]
+
+
+def test_parameter_names_of_the_walk_through(tmp_path):
+    phil = tmp_path / "restraint.phil"
+    phil.write_text(RESTRAINT_PHIL)
+    params = _params("detector.fix=distance", "goniometer.fix=None", "scan_varying=False", str(phil),
+                     "refinement.reflections.outlier.algorithm=tukey", "refinement.refinery.engine=GaussNewton")
+    p = params.refinement.parameterisation
+    assert p.detector.fix == ["distance"] and p.goniometer.fix == [] and p.scan_varying is False
+    assert refine.restraint_targets(params.refinement) == [((99.06, 31.01, 54.30, 90, 107.7, 90), (0.01,) * 6)]
+    options = refine.options_for_refine(params)
+    assert options.outlier_algorithm == "tukey" and options.engine == "GaussNewton" and options.goniometer_fix == ()
+    defaults = refine.options_for_refine(_params())
+    assert defaults.scan_varying and defaults.outlier_algorithm == "mcd" and defaults.reflections_per_degree is None
+    assert defaults.beam_fix == ("in_spindle_plane", "wavelength") and defaults.goniometer_fix == ("all",)
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """MyD88 geometry, a crystal whose cell grows 2 % and which turns 2° about x across the scan."""
+    truth = ed_experiment(seed=3)
+    table, true_px = simulate_reflections(truth, n_reflections=1500, seed=4, drift_orientation_deg=2.0,
+                                          drift_cell_fraction=0.02)
+    table["shoebox_marker"] = np.arange(len(table))  # stands for the shoebox column: must survive
+    start = perturbed(truth, orientation_deg=0.2, cell_fraction=0.003, beam_centre_px=0.5)
+    static = refine.run([start], table, _params("detector.fix=distance", "scan_varying=False"))
+    varying = refine.run([start], table, _params("detector.fix=distance"))
+    return truth, table, static, varying
+
+
+def test_scan_varying_refinement_lowers_rmsds_and_follows_the_drift(drifting):
+    truth, _, static, varying = drifting
+    s, v = static.summary["rmsds"][0], varying.summary["rmsds"][0]
+    # figures for the report: static 0.53/0.51 px, 0.40 images; scan-varying ≈ 0.3 px, 0.28 images
+    assert v["x_px"] < 0.8 * s["x_px"] and v["y_px"] < 0.8 * s["y_px"] and v["z_images"] < s["z_images"]
+    assert v["x_px"] < 0.35 and v["y_px"] < 0.35  # noise is 0.3 px
+    model = varying.summary["results"][0].scan_varying_model
+    crystal = varying.experiments[0].crystal
+    assert crystal.num_scan_points == 73
+    a = model["unit_cell"][:, 0]
+    assert np.all(np.diff(a) > 0)
+    # the smoother (2 values over 66°) flattens the ends of a linear ramp: 2 % × 99.06 Å = 1.98 Å
+    assert 0.7 * 1.98 < a[-1] - a[0] < 1.2 * 1.98
+    assert a[36] == pytest.approx(99.06, abs=0.1)
+    turn = model["orientation_deg"][-1, 0] - model["orientation_deg"][0, 0]
+    assert 0.65 * 2.0 < turn < 1.2 * 2.0
+
+
+def test_refined_reflections_carry_predictions_flags_and_other_columns(drifting):
+    _, table, _, varying = drifting
+    out = varying.reflections
+    assert len(out) == len(table)
+    np.testing.assert_array_equal(out["shoebox_marker"], table["shoebox_marker"])
+    used = out.get_flags(Flags.used_in_refinement)
+    outliers = out.get_flags(Flags.centroid_outlier)
+    assert used.sum() > 0.9 * len(out) and not np.any(used & outliers)
+    ok = np.all(np.isfinite(out["xyzcal.px"]), axis=1)
+    assert ok.mean() > 0.99
+    residual = out["xyzcal.px"][used] - out["xyzobs.px.value"][used]
+    assert np.sqrt(np.mean(residual[:, :2] ** 2)) < 0.4
+
+
+def test_restrained_static_refinement_finds_the_distance_from_2193_mm(tmp_path):
+    """The walk-through's calibration: indexed at 2193 mm, C2 setting, restraint, detector.fix=orientation."""
+    phil = tmp_path / "restraint.phil"
+    phil.write_text(RESTRAINT_PHIL)
+    data = indexed_p1(seed=5, index_distance_mm=2193.0)
+    setting = setting_for_space_group(data.experiment.crystal.unit_cell, "C 1 2 1")
+    experiment = data.experiment.copy()
+    experiment.crystal = symmetrize_crystal(setting.cb_op.apply_to_crystal(experiment.crystal), setting.space_group)
+    table = reindexed(data.reflections, setting)
+    params = _params(str(phil), "scan_varying=False", "detector.fix=orientation")
+    result = refine.run([experiment], table, params)
+    refined = result.experiments[0]
+    assert refined.detector.distance_mm == pytest.approx(1762.0, rel=0.01)
+    assert np.allclose(refined.crystal.unit_cell.parameters, (99.06, 31.01, 54.30, 90, 107.7, 90), atol=0.05)
+    assert refined.crystal.num_scan_points == 0
+
+
+def test_tetragonal_xray_refinement():
+    truth = xray_experiment(seed=2)
+    table, _ = simulate_reflections(truth, n_reflections=1200, seed=3, sigma_px=0.2, sigma_images=0.2)
+    start = perturbed(truth, orientation_deg=0.2, cell_fraction=0.005, beam_centre_px=1.0)
+    result = refine.run([start], table, _params("scan_varying=False"))
+    cell = result.experiments[0].crystal.unit_cell
+    assert np.allclose(cell.parameters, truth.crystal.unit_cell.parameters, atol=0.05)
+    assert cell.a == pytest.approx(cell.b, rel=1e-12)  # P4(3)2(1)2 metric kept
+    assert result.summary["rmsds"][0]["x_px"] < 0.25
+
+
+def test_cli_writes_refined_files_and_dials_log(tmp_path, monkeypatch):
+    truth = ed_experiment(seed=6)
+    table, _ = simulate_reflections(truth, n_reflections=500, seed=7)
+    start = perturbed(truth, orientation_deg=0.2, cell_fraction=0.003, beam_centre_px=0.5)
+    write_experiments([start], tmp_path / "indexed.expt")
+    write_reflections(table, tmp_path / "indexed.refl")
+    monkeypatch.chdir(tmp_path)
+    assert main(["refine", "indexed.expt", "indexed.refl", "detector.fix=distance"]) == 0
+    log = (tmp_path / "refine.log").read_text()
+    for text in ("Summary statistics for", "Refinement steps:", "Scan-varying refinement", "RMSDs by experiment:",
+                 "Final refined crystal model:", "A sampled at 73 scan points", "RMSD no longer decreasing"):
+        assert text in log, text
+    refined = read_experiments(tmp_path / "refined.expt")[0]
+    assert refined.crystal.num_scan_points == 73
+    assert np.allclose(refined.crystal.unit_cell.parameters, truth.crystal.unit_cell.parameters, atol=0.1)
+    out = read_reflections(tmp_path / "refined.refl")
+    assert "xyzcal.px" in out and out.get_flags(Flags.used_in_refinement).sum() > 400
+    # bad input: one line, exit 2, no output
+    os.remove(tmp_path / "refined.expt")
+    assert main(["refine", "indexed.expt", "nothere.refl"]) == 2
+    assert not (tmp_path / "refined.expt").exists()
