@@ -182,7 +182,7 @@ def strong_pixels_in_chunk(
     if gain_map is None:
         gain_map = np.full((n_slow, n_fast), parameters.gain_value)
     work = ThresholdWork(n_slow, n_fast)
-    kx, ky = parameters.kernel_size
+    ky, kx = parameters.kernel_size
     max_strong = int(np.ceil(max_strong_pixel_fraction * n_slow * n_fast))
     z, y, x, value, label, n_components, per_image, rejected = _strong_pixels_in_chunk(
         raw_chunk, np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),

@@ -28,7 +28,7 @@ def reference_threshold(image: np.ndarray, mask: np.ndarray, parameters: Dispers
     c = np.asarray(image, dtype=np.float64)
     valid = np.asarray(mask, bool) & (c > trusted_range[0]) & (c < trusted_range[1])
     used = valid & (c < 2.0**24)
-    kx, ky = parameters.kernel_size
+    ky, kx = parameters.kernel_size
     g = parameters.gain_value
     n = _window_sum(used.astype(np.float64), kx, ky)
     s = _window_sum(np.where(used, c, 0.0), kx, ky)
@@ -42,11 +42,8 @@ def reference_threshold(image: np.ndarray, mask: np.ndarray, parameters: Dispers
         with np.errstate(invalid="ignore"):
             peak = n * c - s > parameters.sigma_strong * np.sqrt(g * s * n)
         return dispersed & peak & above
-    # masked pixels are not dispersed: they erode like background (DIALS 3.5), and DIALS 3.5's
-    # distance transform leaves column 0 at distance 0, i.e. as if it were background
-    seeds = dispersed.copy()
-    seeds[:, 0] = False
-    distance = ndimage.distance_transform_cdt(seeds, metric="chessboard")
+    # masked pixels are not dispersed: they erode like background (DIALS 3.5)
+    distance = ndimage.distance_transform_cdt(dispersed, metric="chessboard")
     core = dispersed & (distance >= min(kx, ky))
     background = used & ~core
     nb = _window_sum(background.astype(np.float64), kx + 2, ky + 2)

@@ -35,7 +35,7 @@ ALGORITHMS = ("dispersion", "dispersion_extended")
 class DispersionParameters:
     """``spotfinder.threshold.dispersion.*`` with DIALS' defaults.
 
-    ``kernel_size`` = half-widths (fast, slow) of the dispersion window (3, 3 → 7×7).
+    ``kernel_size`` = half-widths (slow, fast) of the dispersion window (3, 3 → 7×7), in DIALS' order.
     ``min_local`` ≤ 0 means "the full window size". ``gain`` None means 1.
     """
 
@@ -52,7 +52,7 @@ class DispersionParameters:
             raise ValueError(f"threshold algorithm '{self.algorithm}' is not one of {', '.join(ALGORITHMS)}")
         if len(self.kernel_size) != 2 or min(self.kernel_size) < 1:
             raise ValueError(f"kernel_size must be two half-widths ≥ 1, got {self.kernel_size}")
-        kx, ky = self.kernel_size
+        ky, kx = self.kernel_size
         if not (self.min_local <= 0 or 2 <= self.min_local <= (2 * kx + 1) * (2 * ky + 1)):
             raise ValueError(f"min_local must be ≤ 0 (the whole window) or 2…{(2 * kx + 1) * (2 * ky + 1)}, got {self.min_local}")
         if self.extended and self.global_threshold < 0:
@@ -66,7 +66,7 @@ class DispersionParameters:
 
     @property
     def min_local_count(self) -> int:
-        kx, ky = self.kernel_size
+        ky, kx = self.kernel_size
         return self.min_local if self.min_local > 0 else (2 * kx + 1) * (2 * ky + 1)
 
     @property
@@ -198,15 +198,12 @@ def threshold_image_into(
     # Pass 2: erosion. A dispersed pixel is "core" iff its chessboard distance to the nearest
     # non-dispersed pixel is ≥ e = min(kernel): no non-dispersed pixel in the (2e−1)² window
     # around it (clipped at the image edge, beyond which nothing counts as background).
-    # DIALS 3.5's distance transform never visits column 0 and leaves it at distance 0, so
-    # columns 0 … e−1 are never core there; kept for agreement (DIALS replaced it by an explicit
-    # erosion in 2024).
     reach = min(kernel_x, kernel_y) - 1
     n_core = 0
     for i in range(n_dispersed):
         y = dispersed_list[i] // n_fast
         x = dispersed_list[i] - y * n_fast
-        is_core = x > reach
+        is_core = True
         for yy in range(max(0, y - reach), min(n_slow, y + reach + 1)):
             if not is_core:
                 break
@@ -279,7 +276,7 @@ def dispersion_threshold_mask(
     if gain_map is None:
         gain_map = np.full(raw.shape, parameters.gain_value)
     strong = np.empty(raw.shape, np.bool_)
-    kx, ky = parameters.kernel_size
+    ky, kx = parameters.kernel_size
     threshold_image_into(
         raw, np.ascontiguousarray(mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),
         float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,

@@ -46,7 +46,7 @@ RULE = "-" * 80
 @dataclass
 class Dispersion:
     gain: float | None = param(None, "Detector gain for the Poisson statistics; None = 1.")
-    kernel_size: tuple[int, int] = param((3, 3), "Half-widths of the local window (3,3 → 7×7 pixels).")
+    kernel_size: tuple[int, int] = param((3, 3), "Half-widths of the local window, slow then fast (3,3 → 7×7 pixels).")
     sigma_background: float = param(6.0, "Index-of-dispersion threshold (σ) for pixels to count as non-background.")
     sigma_strong: float = param(3.0, "Threshold (σ above the local background mean) for a strong pixel.")
     min_local: int = param(2, "Minimum number of unmasked pixels in the window; ≤ 0 = the whole window.")

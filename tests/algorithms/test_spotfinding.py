@@ -66,15 +66,21 @@ def test_threshold_equals_independent_reference(stack, algorithm, min_local, gai
     assert not ours[10, 10] and not ours[~mask].any()
 
 
-def test_left_edge_columns_are_never_core_as_in_dials_3_5():
-    """DIALS 3.5's chessboard distance transform leaves column 0 at distance 0, so a spot in
-    columns 0–2 is eroded away by dispersion_extended (not by the classic test); other edges are not."""
-    images = pixels_image((1, 20, 20), [(0, 10, 1), (0, 5, 3), (0, 15, 19), (0, 0, 10)])
-    mask = np.ones((20, 20), bool)
-    extended = dispersion_threshold_mask(images[0], mask)
-    classic = dispersion_threshold_mask(images[0], mask, DispersionParameters(algorithm="dispersion"))
-    assert np.argwhere(extended).tolist() == [[0, 10], [5, 3], [15, 19]]
-    assert np.argwhere(classic).tolist() == [[0, 10], [5, 3], [10, 1], [15, 19]]
+def test_spots_at_every_edge_can_be_strong():
+    """The erosion treats the outside of the image as not background on all four edges (DIALS
+    2.1.1 found a strong pixel in column 0 of lysozyme experiment_14 image 1)."""
+    images = pixels_image((1, 20, 20), [(0, 0, 10), (0, 10, 0), (0, 19, 12), (0, 5, 19)])
+    strong = dispersion_threshold_mask(images[0], np.ones((20, 20), bool))
+    assert np.argwhere(strong).tolist() == [[0, 10], [5, 19], [10, 0], [19, 12]]
+
+
+def test_kernel_size_is_slow_then_fast_as_in_dials():
+    """kernel_size=(1, 3): a 3-row × 7-column window; with min_local ≤ 0 a pixel needs the whole
+    window on the detector, so 1 row from the top edge is enough but 2 columns from the side is not."""
+    images = pixels_image((1, 20, 20), [(0, 1, 10), (0, 10, 2), (0, 10, 3)])
+    strong = dispersion_threshold_mask(images[0], np.ones((20, 20), bool),
+                                       DispersionParameters(algorithm="dispersion", kernel_size=(1, 3), min_local=0))
+    assert np.argwhere(strong).tolist() == [[1, 10], [10, 3]]
 
 
 def test_no_strong_pixels_in_pure_poisson_background():
