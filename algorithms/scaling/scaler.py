@@ -1,7 +1,8 @@
 """Joint scaling of many datasets with optional ΔCC½ filtering (the sequence of dials.scale).
 
 One scaling run (Beilsten-Edmands et al. 2020, Acta D 76:385):
-  1. L-BFGS on all model parameters (reflections in groups with n ≥ 2 and ⟨I/σ⟩ ≥ Isigma_cutoff);
+  1. L-BFGS on all model parameters (reflections with partiality > 0.95 in groups with n ≥ 2 and
+     ⟨I/σ⟩ ≥ Isigma_cutoff);
   2. scales for all reflections, outlier rejection, profile/summation combination (lowest Rmeas);
   3. L-BFGS again, outlier rejection, error-model refinement;
   4. (final run only) full-matrix Levenberg–Marquardt with ``fix_initial`` → parameter covariance;
@@ -53,6 +54,7 @@ class ScalingOptions:
     outlier_zmax: float = 6.0
     full_matrix: bool = True
     Isigma_cutoff: float = 1.0
+    min_partiality: float = 0.95  # reflections used to refine the model (DIALS: "min_partiality > 0.95")
     lbfgs_tolerance: float = 1e-7
     rmsd_tolerance: float = 1e-4
     filtering_method: str | None = None  # None | deltacchalf
@@ -108,6 +110,24 @@ class FilteringResult:
     removed_datasets: list
     n_initial_reflections: int
     n_removed_reflections: int
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready values (the content of DIALS' scale_and_filter_results.json)."""
+        cycles = [{"cycle": c.cycle, "cc_half": c.cc_half, "completeness": c.completeness,
+                   "mean_delta_cc_half": c.mean_delta_cc_half, "sd_delta_cc_half": c.sd_delta_cc_half,
+                   "cutoff": c.cutoff, "n_removed": c.n_removed,
+                   "cumulative_percent_removed": c.cumulative_percent_removed,
+                   "removed_image_ranges": [list(r) for r in c.removed_ranges],
+                   "below_cutoff_kept": [list(r) for r in c.below_cutoff_kept],
+                   "removed_datasets": list(c.removed_datasets),
+                   "groups": {"dataset": c.group_dataset.tolist(), "first_image": c.group_first_image.tolist(),
+                              "last_image": c.group_last_image.tolist(), "delta_cc_half": c.delta_cc_half.tolist()},
+                   "dataset_delta_cc_half": None if c.dataset_delta_cc_half is None else c.dataset_delta_cc_half.tolist()}
+                  for c in self.cycles]
+        return {"cycles": cycles, "termination_reason": self.termination_reason,
+                "removed_image_ranges": [list(r) for r in self.removed_ranges],
+                "removed_datasets": list(self.removed_datasets),
+                "n_initial_reflections": self.n_initial_reflections, "n_removed_reflections": self.n_removed_reflections}
 
 
 @dataclass
@@ -183,8 +203,9 @@ class _JointScaler:
         return self.usable & ~self.outlier
 
     def _selection_weights(self) -> np.ndarray:
-        """1/σ² for reflections used in minimisation: groups with ≥ 2 members and ⟨I/σ⟩ ≥ Isigma_cutoff."""
-        active = self.active
+        """1/σ² for reflections used in minimisation: partiality > min_partiality, in groups with ≥ 2
+        such members and ⟨I/σ⟩ ≥ Isigma_cutoff (partials at the sweep ends would bias the edge scales)."""
+        active = self.active & (self.data.partiality > self.options.min_partiality)
         variance = self.variance
         n = np.bincount(self.group, active.astype(float), self.n_groups)
         i_over_sigma = np.bincount(self.group, np.where(active, self.intensity / np.sqrt(variance), 0.0), self.n_groups)

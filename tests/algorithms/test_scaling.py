@@ -1,5 +1,7 @@
 """End-to-end tests of joint scaling, error model, outliers, intensity combination and ΔCC½ filtering
 on synthetic multi-crystal data with exact truth (tests/algorithms/scaling_simulation.py)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -181,6 +183,9 @@ def test_delta_cc_half_image_groups_remove_corrupted_images_and_bad_crystal(filt
     ranges = result.valid_image_ranges[4]  # corrupted 30–32 in the middle: the sweep has a hole
     assert all(not (a <= 31 <= b) for a, b in ranges) and len(ranges) >= 2
     assert filtering.cycles[0].cumulative_percent_removed > 0
+    document = json.loads(json.dumps(filtering.as_dict()))
+    assert document["removed_datasets"] == [sim.bad_dataset] and len(document["cycles"]) == len(filtering.cycles)
+    json.dumps(result.summary())
     merged, truth = _merged_against_truth(sim, result)
     assert np.corrcoef(merged, truth)[0, 1] >= 0.98
 
