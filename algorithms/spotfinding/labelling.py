@@ -94,6 +94,8 @@ def _label_roots(parent, n):
     return label, n_components
 
 
+# numba's on-disk cache of this kernel is not invalidated when threshold.py changes: after
+# editing threshold.py, delete algorithms/spotfinding/__pycache__/*.nb[ic] before testing.
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels_in_chunk(
     raw_chunk, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
