@@ -78,6 +78,7 @@ class ScalingData:
     s0c: np.ndarray | None = None
     s1c: np.ndarray | None = None
     user_excluded: np.ndarray | None = None  # rows excluded by the user (e.g. exclude_images)
+    dataset_cells: list[gemmi.UnitCell] | None = None  # refined cell of each dataset (consensus check)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -118,3 +119,22 @@ def excluded_for_scaling(data: ScalingData, d_min: float | None, d_max: float | 
     if d_max is not None:
         bad |= data.d > d_max
     return bad
+
+
+def cell_outlier_datasets(cells: list[gemmi.UnitCell], max_length_percent: float, max_angle_deg: float) -> dict[int, str]:
+    """Datasets whose cell is far from the consensus (median) cell of all datasets, with the reason.
+
+    Needs ≥ 3 datasets (with two there is no majority)."""
+    if len(cells) < 3:
+        return {}
+    parameters = np.array([c.parameters for c in cells], float)
+    median = np.median(parameters, axis=0)
+    length_percent = 100.0 * np.abs(parameters[:, :3] / median[:3] - 1.0)
+    angle_deg = np.abs(parameters[:, 3:] - median[3:])
+    outliers = {}
+    for k in np.nonzero((length_percent.max(axis=1) > max_length_percent) | (angle_deg.max(axis=1) > max_angle_deg))[0]:
+        cell = ", ".join(f"{v:.2f}" for v in parameters[k])
+        consensus = ", ".join(f"{v:.2f}" for v in median)
+        outliers[int(k)] = (f"cell ({cell}) differs from the consensus ({consensus}) by up to "
+                            f"{length_percent[k].max():.1f} % in length and {angle_deg[k].max():.1f}° in angle")
+    return outliers

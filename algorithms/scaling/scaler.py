@@ -14,7 +14,8 @@ are gone, completeness drops below min_completeness, or max_cycles is reached; t
 Beyond DIALS (ewald): in image_group mode, blocks below the cutoff are removed anywhere in the sweep
 (``image_group_removal = 'anywhere'``; DIALS' ``'edges'`` rule is an option), and a crystal whose
 whole-crystal ΔCC½ is negative and below a robust cutoff (median − stdcutoff·1.4826·MAD) is removed
-as non-isomorphous.
+as non-isomorphous; so is, before scaling, a crystal whose refined cell is far from the consensus
+(median) cell (``max_cell_deviation_percent`` of a length or ``max_cell_deviation_deg``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from algorithms.errors import DataError
 from algorithms.merging.statistics import MergingStatistics, merging_statistics
 from algorithms.merging.symmetry import map_to_asu
 from algorithms.scaling.combine import PROFILE_ONLY, SUM_ONLY, choose_combination, combine_intensities
-from algorithms.scaling.data import ScalingData, excluded_for_scaling
+from algorithms.scaling.data import ScalingData, cell_outlier_datasets, excluded_for_scaling
 from algorithms.scaling.delta_cc_half import (N_RESOLUTION_BINS, cutoff, delta_cc_half, edge_groups_below, image_groups,
                                               resolution_bins_inverse_d2, robust_cutoff)
 from algorithms.scaling.error_model import ErrorModel, refine_error_model
@@ -67,6 +68,8 @@ class ScalingOptions:
     image_group_removal: str = "anywhere"  # anywhere (ewald) | edges (DIALS)
     remove_non_isomorphous: bool = True
     include_outliers_in_delta_cc_half: bool = True  # ewald; DIALS analyses only non-outliers
+    max_cell_deviation_percent: float | None = 5.0  # ewald: drop crystals whose cell is off the consensus
+    max_cell_deviation_deg: float = 5.0
     seed: int = 0
 
 
@@ -139,7 +142,7 @@ class ScalingResult:
     asu_index: np.ndarray
     isym: np.ndarray
     excluded_for_scaling: np.ndarray
-    user_excluded: np.ndarray  # excluded by the user or by ΔCC½ filtering
+    user_excluded: np.ndarray  # excluded by the user, by the cell check or by ΔCC½ filtering
     outlier: np.ndarray
     scaled: np.ndarray
     parameters: np.ndarray
@@ -150,6 +153,7 @@ class ScalingResult:
     valid_image_ranges: list[list[tuple[int, int]]]
     filtering: FilteringResult | None
     merging_statistics: MergingStatistics | None
+    cell_outliers: dict = field(default_factory=dict)  # dataset → reason, removed before scaling
     history: list = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -159,6 +163,7 @@ class ScalingResult:
                                 "refined": self.error_model.refined},
                 "imid": self.imid, "valid_image_ranges": self.valid_image_ranges,
                 "removed_datasets": self.filtering.removed_datasets if self.filtering else [],
+                "cell_outliers": {str(k): v for k, v in self.cell_outliers.items()},
                 "removed_image_ranges": self.filtering.removed_ranges if self.filtering else []}
 
 
@@ -173,6 +178,11 @@ class _JointScaler:
         self.group, self.n_groups = self.mapping.group, len(self.mapping.unique_asu_index)
         self.excluded = excluded_for_scaling(data, options.d_min, options.d_max, options.partiality_cutoff, options.min_isigi)
         self.removed = data.user_excluded.copy()
+        self.cell_outliers = {}
+        if options.max_cell_deviation_percent is not None and data.dataset_cells is not None:
+            self.cell_outliers = cell_outlier_datasets(data.dataset_cells, options.max_cell_deviation_percent,
+                                                       options.max_cell_deviation_deg)
+            self.removed |= np.isin(data.dataset, list(self.cell_outliers))
         self.model = PhysicalModel(data, options.model)
         self.parameters = self.model.initial_parameters()
         self.imid = {"combine": PROFILE_ONLY, "profile": PROFILE_ONLY, "sum": SUM_ONLY}[options.intensity_choice]
@@ -408,7 +418,7 @@ def scale_and_filter(data: ScalingData, options: ScalingOptions | None = None, w
         idx = np.nonzero(scaled)[0]
         stats = merging_statistics(data.miller_index[idx], scaler.intensity[idx] / g[idx], variance[idx] / g[idx] ** 2,
                                    data.unit_cell, data.space_group, seed=options.seed)
-    removed_datasets = filtering.removed_datasets if filtering else []
+    removed_datasets = sorted(set(filtering.removed_datasets if filtering else []) | set(scaler.cell_outliers))
     removed_ranges = filtering.removed_ranges if filtering else []
     return ScalingResult(inverse_scale_factor=g, inverse_scale_factor_variance=var_g, intensity=scaler.intensity,
                          variance=variance, asu_index=scaler.mapping.asu_index, isym=scaler.mapping.isym,
@@ -416,4 +426,5 @@ def scale_and_filter(data: ScalingData, options: ScalingOptions | None = None, w
                          scaled=scaled, parameters=p, models=models, error_model=scaler.error_model, imid=scaler.imid,
                          combination_table=scaler.combination_table,
                          valid_image_ranges=_valid_image_ranges(data, removed_datasets, removed_ranges),
-                         filtering=filtering, merging_statistics=stats, history=scaler.history)
+                         filtering=filtering, merging_statistics=stats, cell_outliers=scaler.cell_outliers,
+                         history=scaler.history)

@@ -2,6 +2,7 @@
 on synthetic multi-crystal data with exact truth (tests/algorithms/scaling_simulation.py)."""
 import json
 
+import gemmi
 import numpy as np
 import pytest
 
@@ -208,3 +209,14 @@ def test_dataset_mode_removes_the_non_isomorphous_crystal():
                              full_matrix=False)
     result = scale_and_filter(sim.data, options, with_merging_statistics=False)
     assert result.filtering.removed_datasets == [2]
+
+
+def test_crystal_with_a_cell_far_from_the_consensus_is_removed_before_scaling():
+    sim = simulate_scaling(n_datasets=5, obs_per_dataset=800, seed=12)
+    cells = [gemmi.UnitCell(99.06 * (1 + 0.003 * k), 31.01, 54.30, 90, 107.7, 90) for k in range(5)]
+    cells[3] = gemmi.UnitCell(117.84, 37.02, 64.31, 90, 107.54, 90)  # a misindexed lattice
+    sim.data.dataset_cells = cells
+    result = scale_and_filter(sim.data, ScalingOptions(full_matrix=False), with_merging_statistics=False)
+    assert list(result.cell_outliers) == [3] and "consensus" in result.cell_outliers[3]
+    assert not result.scaled[sim.data.dataset == 3].any() and result.scaled[sim.data.dataset != 3].mean() > 0.95
+    assert result.valid_image_ranges[3] == []
