@@ -14,6 +14,7 @@ Karplus 1997 (Rmeas), Weiss 2001 (Rpim), Karplus & Diederichs 2012 (CC½, CC*).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import gemmi
 import numpy as np
@@ -89,10 +90,17 @@ def cc_star(cc_half: np.ndarray) -> np.ndarray:
         return np.where(cc > 0, np.sqrt(2 * cc / (1 + cc)), np.nan)
 
 
+@lru_cache(maxsize=16)
+def _normal_quantiles(n: int, c: float) -> np.ndarray:
+    values = special.ndtri((np.arange(n) + 1 - c) / (n + 1 - 2 * c))
+    values.flags.writeable = False
+    return values
+
+
 def normal_quantiles(n: int, c: float = 0.5) -> np.ndarray:
-    """Expected order statistics of a standard normal sample: Φ⁻¹((i + 1 − c)/(n + 1 − 2c))."""
-    i = np.arange(n)
-    return special.ndtri((i + 1 - c) / (n + 1 - 2 * c))
+    """Expected order statistics of a standard normal sample: Φ⁻¹((i + 1 − c)/(n + 1 − 2c)) (read-only,
+    cached: the error model asks for the same n many times)."""
+    return _normal_quantiles(int(n), float(c))
 
 
 def normal_probability_slope(values: np.ndarray, x_limit: float) -> float:

@@ -131,7 +131,7 @@ def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, 
 
     def refine_b(a, b_start):
         result = optimize.minimize_scalar(lambda b: b_objective(a, b), bounds=(0.0, 1.0),
-                                          method="bounded", options={"xatol": 1e-5})
+                                          method="bounded", options={"xatol": 5e-5})
         return float(result.x)
 
     initial = bin_variances(1.0, DEFAULT_B)
