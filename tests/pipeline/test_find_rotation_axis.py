@@ -1,0 +1,59 @@
+"""``ewald find_rotation_axis`` on a simulated ED sweep (preset tiny, 30 images): started from the
+Timepix header's axis, it must recover the true axis direction and sense."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.formats.expt import read_experiments, write_experiments
+from pipeline.formats.refl import write_reflections
+from pipeline.params import parse_parameters
+from pipeline.steps import find_rotation_axis, find_spots, import_, simulate
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sim") / "tiny"
+    simulate.run(parse_parameters(simulate.Params, ["preset=tiny", "n_crystals=1", "n_images=30"])[0], folder)
+    imported = import_.run([str(folder / "1")], import_.Params())  # the header's axis, not the true one
+    strong = find_spots.run(imported.experiments, None, parse_parameters(find_spots.Params, ["d_max=20"])[0])
+    return imported.experiments[0], strong.reflections, simulate.read_truth(folder / "1").experiment
+
+
+def test_recovers_the_true_axis_and_sense_from_the_header_axis(sweep):
+    experiment, strong, truth = sweep
+    true_axis = truth.goniometer.rotation_axis
+    assert np.degrees(np.arccos(abs(experiment.goniometer.rotation_axis @ true_axis))) > 30  # the header is wrong
+    params, _ = parse_parameters(find_rotation_axis.Params, ["azimuth_step=10"])
+    best, table = find_rotation_axis.find_rotation_axis(experiment, strong, params)
+    axis = best.goniometer.rotation_axis
+    assert np.degrees(np.arccos(np.clip(axis @ true_axis, -1, 1))) < 1.0  # direction and sense
+    assert np.isclose(np.linalg.norm(axis), 1.0) and abs(axis @ best.beam.direction) < 1e-9
+    sense = [row for row in table if row["stage"].startswith("sense")]
+    chosen = [row for row in sense if row["chosen"]]
+    assert len(sense) == 2 and len(chosen) == 1
+    assert chosen[0]["rmsd_z_images"] < min(row["rmsd_z_images"] for row in sense if not row["chosen"])
+    assert {row["stage"] for row in table} == {"coarse", "fine", "sense +", "sense −"}
+    assert len([row for row in table if row["stage"] == "coarse"]) == 36
+
+
+def test_axis_helpers_are_inverse():
+    from algorithms.geometry.models import Beam, Detector, Experiment
+
+    experiment = Experiment(beam=Beam(), detector=Detector(origin=np.array([-10.0, 10.0, -100.0])))
+    for azimuth in (0.0, 48.75, 228.75, 359.0):
+        assert np.isclose(find_rotation_axis.azimuth_of(experiment, find_rotation_axis.axis_at(experiment, azimuth)),
+                          azimuth)
+    assert np.allclose(find_rotation_axis.axis_at(experiment, 90.0), [0, 1, 0])
+
+
+def test_cli_writes_the_optimised_experiments(sweep, tmp_path, monkeypatch):
+    experiment, strong, truth = sweep
+    monkeypatch.chdir(tmp_path)
+    write_experiments([experiment], "imported.expt")
+    write_reflections(strong, "strong.refl")
+    assert main(["find_rotation_axis", "imported.expt", "strong.refl", "azimuth_step=15"]) == 0
+    (best,) = read_experiments("optimised.expt")
+    assert best.goniometer.rotation_axis @ truth.goniometer.rotation_axis > np.cos(np.radians(1.0))
+    assert "sense +" in (tmp_path / "find_rotation_axis.log").read_text()
