@@ -68,7 +68,8 @@ class CalibrationDetector(DetectorParameterisation):
 @dataclass
 class CalibrationParameterisation(Parameterisation):
     detector: DetectorParameterisation = scope(CalibrationDetector, "Detector parameterisation.")
-    scan_varying: bool | None = param(False, "Restraints act on the static cell: keep this False.")
+    scan_varying: bool | None = param(
+        False, "Restraints act on the static cell only, so the calibration refines a static crystal (T2 recipe).")
 
 
 @dataclass
@@ -166,8 +167,8 @@ def calibrate_one(experiment: Experiment, reflections: ReflectionTable, known: g
     start.crystal = Crystal(A=crystal.A / scale, space_group=group)
     start.detector.set_distance_mm(experiment.detector.distance_mm * scale)
     options = refinement_options(refinement, outlier_auto="mcd", reflections_per_degree_auto=None,
-                                 scan_varying_auto=False, auto_reduction_auto="fail", scan_varying=False,
-                                 unit_cell_restraints=[(tuple(known.parameters), sigmas)])
+                                 scan_varying_auto=False, auto_reduction_auto="fail")
+    options.unit_cell_restraints = [(tuple(known.parameters), sigmas)] + options.unit_cell_restraints
     try:
         result = refine(start, with_mm_observations(start, table), options)
     except DataError as error:
