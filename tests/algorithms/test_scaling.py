@@ -220,3 +220,14 @@ def test_crystal_with_a_cell_far_from_the_consensus_is_removed_before_scaling():
     assert list(result.cell_outliers) == [3] and "consensus" in result.cell_outliers[3]
     assert not result.scaled[sim.data.dataset == 3].any() and result.scaled[sim.data.dataset != 3].mean() > 0.95
     assert result.valid_image_ranges[3] == []
+
+
+def test_min_completeness_stops_filtering_and_empty_dataset_is_harmless():
+    sim = simulate_scaling(n_datasets=5, obs_per_dataset=800, corrupted_images={1: [3, 4]}, seed=13)
+    sim.data.user_excluded = sim.data.dataset == 4  # a crystal the user left out entirely
+    options = ScalingOptions(filtering_method="deltacchalf", mode="image_group", group_size=1, min_completeness=101.0)
+    result = scale_and_filter(sim.data, options)
+    assert result.filtering.termination_reason == "min_completeness" and len(result.filtering.cycles) == 1
+    assert not result.scaled[sim.data.dataset == 4].any()
+    assert np.all(result.models[4].scale == 1.0) and np.all(result.models[4].scale_esd == 0.0)
+    assert np.all(np.isfinite(result.inverse_scale_factor_variance))
