@@ -57,6 +57,7 @@ __all__ = [
     "format_parameters",
     "parameters_to_dict",
     "parameters_from_dict",
+    "replace_parameter",
     "parse_value",
     "format_value",
     "describe_type",
@@ -697,3 +698,14 @@ def parameters_from_dict(params_cls: type[P], data: dict[str, Any]) -> P:
         return cls(**kwargs)
 
     return build(params_cls, data, "")
+
+
+def replace_parameter(params: P, dotted_name: str, value: Any) -> P:
+    """A copy of ``params`` with the parameter at the full dotted name set to ``value`` (no
+    validation beyond the name: the value must already have the declared type)."""
+    head, _, rest = dotted_name.partition(".")
+    if not any(f.name == head for f in dataclasses.fields(params)):
+        raise ParameterError(f"{dotted_name}: {type(params).__name__} has no parameter or scope '{head}'")
+    if not rest:
+        return dataclasses.replace(params, **{head: value})
+    return dataclasses.replace(params, **{head: replace_parameter(getattr(params, head), rest, value)})
