@@ -164,7 +164,7 @@ def integrate_image_block(
         mine["zeta"], mine["xyzcal.mm"][:, 2],
         det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
         delta_b, float(phi_start), float(dphi), int(scan.image_range[0]),
-        step_b, step_m, min_background_pixels, N_BACKGROUND_PARAMETERS[BACKGROUND_MODELS[background_model]], 1.345,
+        step_b, step_m, np.radians(profile.sigma_m_deg), min_background_pixels, N_BACKGROUND_PARAMETERS[BACKGROUND_MODELS[background_model]], 1.345,
         support, slot,
         out["intensity.sum.value"], out["intensity.sum.variance"], out["background.mean"],
         out["background.sum.value"], out["background.variance"],

@@ -23,6 +23,8 @@ import numpy as np
 GRID_HALF = 5
 GRID = 2 * GRID_HALF + 1
 GRID_CELLS = GRID * GRID * GRID
+SUBPIXELS = 4  # per pixel edge, for the mapping of pixels onto the grid
+SUBPIXEL_WEIGHT = 1.0 / (SUBPIXELS * SUBPIXELS)
 
 # local flag bits returned by the kernel (mapped to DIALS' flags by the caller)
 FG_BAD = 1
@@ -128,58 +130,99 @@ def _solve_spd(H, U, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def robust_loglinear_background(values, bx, by, bz, n, nx, ny, nz, n_params, tuning_constant,
+def box_coordinates(n):
+    """Coordinates of a box axis of ``n`` voxels, centred and scaled to ±1."""
+    half = max(0.5 * (n - 1), 0.5)
+    u = np.empty(n)
+    for k in range(n):
+        u[k] = (k - 0.5 * (n - 1)) / half
+    return u
+
+
+@numba.njit(cache=True, nogil=True)
+def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tuning_constant,
                                  ex, ey, ez, beta, information):
-    """Robust Poisson GLM of the background voxels ``values[:n]`` at box coordinates (bx, by, bz):
-    ln μ = β0 + β1·u + β2·v + β3·w with u, v, w the coordinates centred on the box and scaled to
-    ±1 (``n_params`` = 1 gives DIALS' constant3d model, 4 its loglinear3d model).
+    """Robust Poisson GLM of the background voxels ``values[:n]`` at box indices (bx, by, bz):
+    ln μ = β0 + β1·u + β2·v + β3·w with (u, v, w) = (ux[bx], uy[by], uz[bz]) the coordinates
+    centred on the box and scaled to ±1 (``n_params`` = 1 gives DIALS' constant3d model, 4 its
+    loglinear3d model).
 
     Fisher scoring of the Cantoni–Ronchetti estimating equations Σ (ψ_c(r_i) − E[ψ_c])·√μ_i·x_i = 0,
     with the expectations evaluated at the box mean (they vary by ≪ 1 % across a shoebox).
     On return ``ex[x]·ey[y]·ez[z]`` is μ at every voxel of the box, ``beta`` holds β and
     ``information`` the Poisson information Σ μ x xᵀ (for the variance of the background).
-    Returns False when the fit fails (then the constant model should be used)."""
-    hx = max(0.5 * (nx - 1), 0.5)
-    hy = max(0.5 * (ny - 1), 0.5)
-    hz = max(0.5 * (nz - 1), 0.5)
+    Returns the number of iterations, or 0 when the fit fails (then the constant model should
+    be used)."""
+    nx, ny, nz = ux.shape[0], uy.shape[0], uz.shape[0]
     total = 0.0
     for i in range(n):
         total += values[i]
-    for k in range(4):
-        beta[k] = 0.0
+    beta[:] = 0.0
     beta[0] = math.log(max(total / n, 1e-3))
-    x = np.zeros(4)
     U = np.zeros(4)
     H = np.zeros((4, 4))
+    c = tuning_constant
+    iterations = 0
     ok = True
     for _ in range(50):
+        iterations += 1
         for xx in range(nx):
-            ex[xx] = math.exp(beta[1] * (xx - 0.5 * (nx - 1)) / hx)
+            ex[xx] = math.exp(beta[1] * ux[xx])
         for yy in range(ny):
-            ey[yy] = math.exp(beta[2] * (yy - 0.5 * (ny - 1)) / hy)
+            ey[yy] = math.exp(beta[2] * uy[yy])
         base = math.exp(beta[0])
         for zz in range(nz):
-            ez[zz] = base * math.exp(beta[3] * (zz - 0.5 * (nz - 1)) / hz)
-        e_psi, e_psi_r = huber_expectations(base, tuning_constant)
+            ez[zz] = base * math.exp(beta[3] * uz[zz])
+        e_psi, e_psi_r = huber_expectations(base, c)
         U[:] = 0.0
         H[:, :] = 0.0
-        x[0] = 1.0
-        for i in range(n):
-            mu = ex[bx[i]] * ey[by[i]] * ez[bz[i]]
-            s = math.sqrt(mu)
-            r = (values[i] - mu) / s
-            psi = min(max(r, -tuning_constant), tuning_constant)
-            g = (psi - e_psi) * s
-            x[1] = (bx[i] - 0.5 * (nx - 1)) / hx
-            x[2] = (by[i] - 0.5 * (ny - 1)) / hy
-            x[3] = (bz[i] - 0.5 * (nz - 1)) / hz
-            for a in range(n_params):
-                U[a] += g * x[a]
-                for b in range(a + 1):
-                    H[a, b] += mu * x[a] * x[b]
-        for a in range(n_params):
-            for b in range(a):
-                H[b, a] = H[a, b]
+        if n_params == 1:
+            u0 = 0.0
+            h00 = 0.0
+            for i in range(n):
+                mu = ex[bx[i]] * ey[by[i]] * ez[bz[i]]
+                s = math.sqrt(mu)
+                psi = min(max((values[i] - mu) / s, -c), c)
+                u0 += (psi - e_psi) * s
+                h00 += mu
+            U[0] = u0
+            H[0, 0] = h00
+        else:
+            u0 = u1 = u2 = u3 = 0.0
+            h00 = h10 = h11 = h20 = h21 = h22 = h30 = h31 = h32 = h33 = 0.0
+            for i in range(n):
+                x1 = ux[bx[i]]
+                x2 = uy[by[i]]
+                x3 = uz[bz[i]]
+                mu = ex[bx[i]] * ey[by[i]] * ez[bz[i]]
+                s = math.sqrt(mu)
+                psi = min(max((values[i] - mu) / s, -c), c)
+                g = (psi - e_psi) * s
+                u0 += g
+                u1 += g * x1
+                u2 += g * x2
+                u3 += g * x3
+                m1 = mu * x1
+                m2 = mu * x2
+                m3 = mu * x3
+                h00 += mu
+                h10 += m1
+                h11 += m1 * x1
+                h20 += m2
+                h21 += m2 * x1
+                h22 += m2 * x2
+                h30 += m3
+                h31 += m3 * x1
+                h32 += m3 * x2
+                h33 += m3 * x3
+            U[0], U[1], U[2], U[3] = u0, u1, u2, u3
+            H[0, 0], H[1, 1], H[2, 2], H[3, 3] = h00, h11, h22, h33
+            H[1, 0] = H[0, 1] = h10
+            H[2, 0] = H[0, 2] = h20
+            H[2, 1] = H[1, 2] = h21
+            H[3, 0] = H[0, 3] = h30
+            H[3, 1] = H[1, 3] = h31
+            H[3, 2] = H[2, 3] = h32
         for a in range(n_params):
             for b in range(n_params):
                 information[a, b] = H[a, b]
@@ -194,12 +237,12 @@ def robust_loglinear_background(values, bx, by, bz, n, nx, ny, nz, n_params, tun
         if largest < 1e-4:
             break
     for xx in range(nx):
-        ex[xx] = math.exp(beta[1] * (xx - 0.5 * (nx - 1)) / hx)
+        ex[xx] = math.exp(beta[1] * ux[xx])
     for yy in range(ny):
-        ey[yy] = math.exp(beta[2] * (yy - 0.5 * (ny - 1)) / hy)
+        ey[yy] = math.exp(beta[2] * uy[yy])
     for zz in range(nz):
-        ez[zz] = math.exp(beta[0]) * math.exp(beta[3] * (zz - 0.5 * (nz - 1)) / hz)
-    return ok
+        ez[zz] = math.exp(beta[0]) * math.exp(beta[3] * uz[zz])
+    return iterations if ok else 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -274,7 +317,7 @@ def integrate_block(
     bbox, e1, e2, zeta, phi_calc,
     origin, fast, slow, pixel_size_x, pixel_size_y,
     delta_b_rad, phi_start_rad, dphi_rad, scan_first,
-    grid_step_b, grid_step_m, min_background_pixels, background_params, tuning_constant,
+    grid_step_b, grid_step_m, sigma_m_rad, min_background_pixels, background_params, tuning_constant,
     support_cells, reference_slot,
     isum, vsum, bg_mean, bg_sum, bg_var, n_fg, n_bg, flags, centroid, voxel_volume,
     grid_counts, grid_background, grid_cover, grid_cover2, grid_bad,
@@ -297,7 +340,9 @@ def integrate_block(
     c1c = np.empty((my + 1, mx + 1))
     c2c = np.empty((my + 1, mx + 1))
     foreground = np.empty((my, mx), dtype=np.bool_)
-    cell_of_pixel = np.empty((my, mx), dtype=np.int32)
+    pixel_cells = np.empty((my, mx, SUBPIXELS * SUBPIXELS), dtype=np.int32)
+    pixel_weights = np.empty((my, mx, SUBPIXELS * SUBPIXELS))
+    pixel_n = np.empty((my, mx), dtype=np.int32)
     voxel_value = np.empty(mx * my * mz, dtype=np.float32)
     voxel_class = np.empty(mx * my * mz, dtype=np.uint8)
     bg_values = np.empty(mx * my * mz)
@@ -312,12 +357,15 @@ def integrate_block(
     slice_k = np.empty((mz, GRID), dtype=np.int32)
     slice_f = np.empty((mz, GRID))
     slice_n = np.empty(mz, dtype=np.int32)
+    slice_mass = np.empty(GRID)
+    slice_g = np.empty((mz, GRID))
     g_counts = np.zeros(GRID_CELLS)
     g_background = np.zeros(GRID_CELLS)
     g_cover = np.zeros(GRID_CELLS)
     g_cover2 = np.zeros(GRID_CELLS)
     g_bad = np.zeros(GRID_CELLS, dtype=np.bool_)
     inv_sb = 1.0 / grid_step_b
+    grad = np.zeros(4)
     for i in range(n_refl):
         x0, x1, y0, y1, z0, z1 = bbox[i, 0], bbox[i, 1], bbox[i, 2], bbox[i, 3], bbox[i, 4], bbox[i, 5]
         nx, ny, nz = x1 - x0, y1 - y0, z1 - z0
@@ -330,14 +378,36 @@ def integrate_block(
         dc2y = c2c[cy + 1, cx] - c2c[cy, cx]
         voxel_volume[i] = abs(dc1x * dc2y - dc1y * dc2x) * abs(zeta[i]) * abs(dphi_rad)
         _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground)
-        # (c1, c2) cell of every pixel centre (−1 outside the grid)
+        # the (c1, c2) cells each pixel covers, with the fraction of its area in each: its
+        # SUBPIXELS² sub-pixels go to the cells of their centres (c bilinear between the
+        # corners), so that the grid does not depend on where the spot sits within a pixel
         for yy in range(ny):
             for xx in range(nx):
-                c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
-                c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
-                g1 = int(math.floor(c1 * inv_sb + GRID_HALF + 0.5))
-                g2 = int(math.floor(c2 * inv_sb + GRID_HALF + 0.5))
-                cell_of_pixel[yy, xx] = g2 * GRID + g1 if 0 <= g1 < GRID and 0 <= g2 < GRID else -1
+                m = 0
+                for sy in range(SUBPIXELS):
+                    ty = (sy + 0.5) / SUBPIXELS
+                    for sx in range(SUBPIXELS):
+                        tx = (sx + 0.5) / SUBPIXELS
+                        c1 = ((1 - ty) * ((1 - tx) * c1c[yy, xx] + tx * c1c[yy, xx + 1])
+                              + ty * ((1 - tx) * c1c[yy + 1, xx] + tx * c1c[yy + 1, xx + 1]))
+                        c2 = ((1 - ty) * ((1 - tx) * c2c[yy, xx] + tx * c2c[yy, xx + 1])
+                              + ty * ((1 - tx) * c2c[yy + 1, xx] + tx * c2c[yy + 1, xx + 1]))
+                        g1 = int(math.floor(c1 * inv_sb + GRID_HALF + 0.5))
+                        g2 = int(math.floor(c2 * inv_sb + GRID_HALF + 0.5))
+                        if g1 < 0 or g1 >= GRID or g2 < 0 or g2 >= GRID:
+                            continue
+                        cell = g2 * GRID + g1
+                        found = False
+                        for e in range(m):
+                            if pixel_cells[yy, xx, e] == cell:
+                                pixel_weights[yy, xx, e] += SUBPIXEL_WEIGHT
+                                found = True
+                                break
+                        if not found:
+                            pixel_cells[yy, xx, m] = cell
+                            pixel_weights[yy, xx, m] = SUBPIXEL_WEIGHT
+                            m += 1
+                pixel_n[yy, xx] = m
         # pass 1: read and classify every voxel once
         nb = 0
         nf = 0
@@ -402,12 +472,18 @@ def integrate_block(
             continue
         # too few background voxels to see a gradient: the constant model
         n_params = background_params if nb >= 10 * background_params else 1
-        if not robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, nx, ny, nz, n_params, tuning_constant,
-                                           ex, ey, ez, beta, information):
+        ux, uy, uz = box_coordinates(nx), box_coordinates(ny), box_coordinates(nz)
+        if robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, ux, uy, uz, n_params, tuning_constant,
+                                       ex, ey, ez, beta, information) == 0:
             n_params = 1
-            robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, nx, ny, nz, 1, tuning_constant,
+            robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, ux, uy, uz, 1, tuning_constant,
                                         ex, ey, ez, beta, information)
-        # c3 slices of every frame
+        # c3 slices of every frame: a frame's counts (and background) go to the slices it overlaps
+        # in proportion to the Gaussian rocking curve's mass there (DIALS' reciprocal-space
+        # transform; far out in the tail by the overlaps alone), while the c-volume a cell
+        # receives (its cover) is the geometric overlap — so that counts ÷ volume is the mean
+        # density over the slice whatever the frame's phase and width in c3
+        inv_sm = 1.0 / (math.sqrt(2.0) * sigma_m_rad)
         for zz in range(nz):
             za = phi_start_rad + (z0 + zz + 1 - scan_first) * dphi_rad
             c3a = zeta[i] * (za - phi_calc[i])
@@ -418,13 +494,20 @@ def integrate_block(
             k_lo = max(0, int(math.floor(c3a / grid_step_m + GRID_HALF + 0.5)))
             k_hi = min(GRID - 1, int(math.floor(c3b / grid_step_m + GRID_HALF + 0.5)))
             m = 0
+            total_mass = 0.0
             for k in range(k_lo, k_hi + 1):
-                lo = (k - GRID_HALF - 0.5) * grid_step_m
-                overlap = min(lo + grid_step_m, c3b) - max(lo, c3a)
-                if overlap > 0.0:
+                lo = max((k - GRID_HALF - 0.5) * grid_step_m, c3a)
+                hi = min((k - GRID_HALF + 0.5) * grid_step_m, c3b)
+                if hi > lo:
                     slice_k[zz, m] = k
-                    slice_f[zz, m] = overlap / width
+                    slice_f[zz, m] = (hi - lo) / width
+                    slice_g[zz, m] = (hi - lo) / width
+                    slice_mass[m] = 0.5 * (math.erf(hi * inv_sm) - math.erf(lo * inv_sm))
+                    total_mass += slice_mass[m]
                     m += 1
+            if total_mass > 1e-9:
+                for j in range(m):
+                    slice_f[zz, j] = slice_mass[j] / total_mass
             slice_n[zz] = m
         # pass 2: background-subtracted sums, centroid and the Kabsch grid
         g_counts[:] = 0.0
@@ -433,7 +516,7 @@ def integrate_block(
         g_cover2[:] = 0.0
         g_bad[:] = False
         sum_b = 0.0
-        grad = np.zeros(4)
+        grad[:] = 0.0
         wsum = 0.0
         cxs = 0.0
         cys = 0.0
@@ -450,30 +533,30 @@ def integrate_block(
                     b = ex[xx] * ey[yy] * ez[zz]
                     if c == _FOREGROUND:
                         sum_b += b
-                        grad[0] += b
-                        grad[1] += b * (xx - 0.5 * (nx - 1)) / max(0.5 * (nx - 1), 0.5)
-                        grad[2] += b * (yy - 0.5 * (ny - 1)) / max(0.5 * (ny - 1), 0.5)
-                        grad[3] += b * (zz - 0.5 * (nz - 1)) / max(0.5 * (nz - 1), 0.5)
+                        grad[1] += b * ux[xx]
+                        grad[2] += b * uy[yy]
+                        grad[3] += b * uz[zz]
                         w = v - b
                         if w > 0:
                             wsum += w
                             cxs += w * (x0 + xx + 0.5)
                             cys += w * (y0 + yy + 0.5)
                             czs += w * (z0 + zz + 0.5)
-                    cell2 = cell_of_pixel[yy, xx]
-                    if cell2 < 0:
-                        continue
                     bad = c == _INVALID_FG or c == _INVALID_BG
-                    for s in range(slice_n[zz]):
-                        cell = slice_k[zz, s] * GRID * GRID + cell2
-                        if bad:
-                            g_bad[cell] = True
-                        else:
-                            frac = slice_f[zz, s]
-                            g_counts[cell] += v * frac
-                            g_background[cell] += b * frac
-                            g_cover[cell] += frac
-                            g_cover2[cell] += frac * frac
+                    for e in range(pixel_n[yy, xx]):
+                        cell2 = pixel_cells[yy, xx, e]
+                        area = pixel_weights[yy, xx, e]
+                        for s in range(slice_n[zz]):
+                            cell = slice_k[zz, s] * GRID * GRID + cell2
+                            if bad:
+                                g_bad[cell] = True
+                            else:
+                                frac = slice_f[zz, s] * area
+                                g_counts[cell] += v * frac
+                                g_background[cell] += b * frac
+                                g_cover[cell] += slice_g[zz, s] * area
+                                g_cover2[cell] += frac * frac
+        grad[0] = sum_b
         if wsum > 0:
             centroid[i, 0] = cxs / wsum
             centroid[i, 1] = cys / wsum
