@@ -13,7 +13,7 @@ Karplus 1997 (Rmeas), Weiss 2001 (Rpim), Karplus & Diederichs 2012 (CC½, CC*).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import gemmi
@@ -65,7 +65,6 @@ class MergingStatistics:
     anomalous_slope: float
     anomalous_signal: float  # dF/F
     delta_i_over_sigma: float  # dI/s(dI)
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"bins": [asdict(b) for b in self.bins], "overall": asdict(self.overall),

@@ -7,7 +7,7 @@ does that conversion; :func:`excluded_for_scaling` applies DIALS' per-reflection
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gemmi
 import numpy as np
@@ -79,7 +79,6 @@ class ScalingData:
     s1c: np.ndarray | None = None
     user_excluded: np.ndarray | None = None  # rows excluded by the user (e.g. exclude_images)
     dataset_cells: list[gemmi.UnitCell] | None = None  # refined cell of each dataset (consensus check)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.dataset = np.asarray(self.dataset, dtype=np.int64)

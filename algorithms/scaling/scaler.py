@@ -29,7 +29,7 @@ from algorithms.merging.statistics import MergingStatistics, merging_statistics
 from algorithms.merging.symmetry import map_to_asu
 from algorithms.scaling.combine import PROFILE_ONLY, SUM_ONLY, choose_combination, combine_intensities
 from algorithms.scaling.data import ScalingData, cell_outlier_datasets, excluded_for_scaling
-from algorithms.scaling.delta_cc_half import (N_RESOLUTION_BINS, cutoff, delta_cc_half, edge_groups_below, image_groups,
+from algorithms.scaling.delta_cc_half import (cutoff, delta_cc_half, edge_groups_below, image_groups,
                                               resolution_bins_inverse_d2, robust_cutoff)
 from algorithms.scaling.error_model import ErrorModel, refine_error_model
 from algorithms.scaling.model import ModelOptions, PhysicalModel
