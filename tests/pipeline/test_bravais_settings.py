@@ -2,7 +2,6 @@
 walk-through's wrong distance, P4₃2₁2, P1) and on DIALS' real cRED lysozyme result."""
 import json
 
-import gemmi
 import numpy as np
 import pytest
 
