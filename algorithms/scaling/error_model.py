@@ -46,6 +46,7 @@ class ErrorModel:
         return 1.0 / (self.a * self.b) if self.a * self.b > 0 else float("inf")
 
     def adjust_variance(self, variance: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+        """σ'² = a²(σ² + (b·I)²); pass the expected intensity g·Ĩ_h as ``intensity`` where known."""
         return self.a**2 * (variance + (self.b * intensity) ** 2)
 
 

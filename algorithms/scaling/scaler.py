@@ -32,6 +32,7 @@ from algorithms.scaling.data import ScalingData, cell_outlier_datasets, excluded
 from algorithms.scaling.delta_cc_half import (cutoff, delta_cc_half, edge_groups_below, image_groups,
                                               resolution_bins_inverse_d2, robust_cutoff)
 from algorithms.scaling.error_model import ErrorModel, refine_error_model
+from algorithms.scaling.grouping import weighted_group_means
 from algorithms.scaling.model import ModelOptions, PhysicalModel
 from algorithms.scaling.outliers import standard_outliers, wilson_outliers
 from algorithms.scaling.target import ScalingTarget, inverse_scale_variance, minimise_lbfgs, minimise_levmar
@@ -206,7 +207,13 @@ class _JointScaler:
 
     @property
     def variance(self) -> np.ndarray:
-        return self.error_model.adjust_variance(self.raw_variance, self.intensity)
+        """Error-model variances; the b term uses the expected intensity g·Ĩ_h (as when the model was
+        fitted), the observation's own intensity where h was measured once."""
+        g = self.model.inverse_scale(self.parameters)
+        mean, _, n = weighted_group_means(self.group, self.n_groups, self.intensity / g, self.raw_variance / g**2,
+                                          self.usable & ~self.outlier & (self.raw_variance > 0))
+        expected = np.where(n[self.group] >= 2, g * mean[self.group], self.intensity)
+        return self.error_model.adjust_variance(self.raw_variance, expected)
 
     @property
     def active(self) -> np.ndarray:
