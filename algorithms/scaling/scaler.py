@@ -142,10 +142,10 @@ class ScalingResult:
     variance: np.ndarray  # error-model adjusted (intensity.scale.variance)
     asu_index: np.ndarray
     isym: np.ndarray
-    excluded_for_scaling: np.ndarray
+    excluded_for_scaling: np.ndarray  # DIALS flag excluded_for_scaling (§8.2 rules)
     user_excluded: np.ndarray  # excluded by the user, by the cell check or by ΔCC½ filtering
-    outlier: np.ndarray
-    scaled: np.ndarray
+    outlier: np.ndarray  # DIALS flag outlier_in_scaling (standard rejection and Wilson E²)
+    scaled: np.ndarray  # in the final scaled data: not excluded, not removed, not an outlier, g > 0
     parameters: np.ndarray
     models: list[DatasetModelResult]
     error_model: ErrorModel
