@@ -107,7 +107,7 @@ class Indexing:
 @dataclass
 class SelfCheck:
     enabled: bool = param(True, "Check the solution and retry (axis reversed, axis refined, fft1d) if it is poor (ewald).")
-    max_rmsd_xy_px: float = param(1.0, "A solution with RMSD_X or RMSD_Y above this (pixels) is poor.")
+    max_rmsd_xy_px: float = param(2.0, "A solution with RMSD_X or RMSD_Y above this (pixels) is poor.")
     max_rmsd_z_images: float = param(0.5, "A solution with RMSD_Z above this (images) is poor.")
     min_fraction_indexed: float = param(0.5, "A solution indexing fewer of the strong spots than this is poor.")
     max_cell_difference: float = param(

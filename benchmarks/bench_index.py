@@ -1,0 +1,147 @@
+"""The index step and find_rotation_axis on the simulated MyD88 job (issue 4 acceptance), and the
+time to index one crystal including its refinement.
+
+Per crystal of ``ewald simulate preset=myd88`` (real pipeline: import → find_spots d_max=20 → …):
+- distance 2193, axis ±(107,122,0), P1, detector.fix=distance goniometer.fix=None: % indexed,
+  RMSD_X/Y (px), RMSD_Z (images) for both senses and their RMSD_Z ratio (self-check off, so the
+  given sense is kept);
+- distance 1762, space_group=C2: refined cell and orientation against the truth (up to the
+  lattice's 2-fold about b);
+- find_rotation_axis from the Timepix header's axis at distance 2193: angle to the true axis.
+Timing: ``index_sweep`` of crystal 1 (P1, distance 2193) after a warm-up, median of repeats, on
+the threads numba and numpy are given (run under ``taskset -c 0`` for a one-core figure).
+
+Run: .venv/bin/python benchmarks/bench_index.py [--crystals 18] [--simulation FOLDER]
+→ benchmarks/results/index.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.params import parse_parameters
+from pipeline.steps import find_rotation_axis, find_spots, import_, index, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "index.json"
+HEADER_AXIS = (0.78256341, -0.62257089, 0.0)  # what the Timepix format gives without an override
+
+
+def _params(module, *args):
+    return parse_parameters(module.Params, list(args))[0]
+
+
+def _prepare(folder: Path, *import_args):
+    imported = import_.run([str(folder)], _params(import_, *import_args))
+    strong = find_spots.run(imported.experiments, None, _params(find_spots, "d_max=20"))
+    return imported.experiments[0], strong.reflections
+
+
+def _angle_deg(u, v) -> float:
+    return float(np.degrees(np.arccos(np.clip(np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v), -1, 1))))
+
+
+def _orientation_error_deg(found, truth) -> float:
+    errors = []
+    for M in (np.eye(3), np.diag([-1.0, 1.0, -1.0])):
+        R = found.U @ np.linalg.inv(truth.U @ truth.B @ M @ np.linalg.inv(truth.B))
+        errors.append(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+    return float(min(errors))
+
+
+def _p1(experiment, strong, sign):
+    trial = experiment.copy()
+    if sign < 0:
+        trial.goniometer.invert()
+    result = index.run([trial], strong, _params(index, "detector.fix=distance", "goniometer.fix=None",
+                                                  "self_check.enabled=False"))
+    s = result.summary["sweeps"][0]
+    return {"percent_indexed": 100 * s["n_indexed"] / s["n_strong"], "rmsd_x_px": s["rmsds"]["x_px"],
+            "rmsd_y_px": s["rmsds"]["y_px"], "rmsd_z_images": s["rmsds"]["z_images"],
+            "unit_cell": s["crystal"]["unit_cell"]}
+
+
+def crystal_case(folder: Path) -> dict:
+    truth = simulate.read_truth(folder)
+    case = {"bad_crystal": truth.record["bad_crystal"], "corrupted_images": truth.record["corrupted_images"]}
+    experiment, strong = _prepare(folder, "distance=2193", "goniometer.axis=-107,-122,0")
+    right, wrong = _p1(experiment, strong, +1), _p1(experiment, strong, -1)
+    case.update(p1_right_sense=right, p1_wrong_sense=wrong,
+                rmsd_z_ratio_wrong_over_right=wrong["rmsd_z_images"] / right["rmsd_z_images"])
+    c2_experiment, c2_strong = _prepare(folder, "distance=1762", "goniometer.axis=-107,-122,0")
+    try:
+        c2 = index.run([c2_experiment], c2_strong, _params(index, "detector.fix=distance", "goniometer.fix=None",
+                                                             "space_group=C2"))
+        crystal = c2.experiments[0].crystal
+        cell = np.array(crystal.unit_cell.parameters)
+        true_cell = np.array(truth.record["unit_cell"])
+        case["c2"] = {"unit_cell": cell.tolist(), "max_cell_error_percent": float(np.max(
+            np.abs(cell[:3] - true_cell[:3]) / true_cell[:3]) * 100), "max_angle_error_deg": float(np.max(
+            np.abs(cell[3:] - true_cell[3:]))), "orientation_error_deg": _orientation_error_deg(crystal, truth.experiment.crystal)}
+    except Exception as error:  # a failure is a result here
+        case["c2"] = {"error": str(error)}
+    header = experiment.copy()
+    header.goniometer.rotation_axis = np.array(HEADER_AXIS)
+    start = time.perf_counter()
+    best, _ = find_rotation_axis.find_rotation_axis(header, strong, _params(find_rotation_axis))
+    case["find_rotation_axis"] = {"axis": best.goniometer.rotation_axis.tolist(), "seconds": time.perf_counter() - start,
+                                  "angle_to_truth_deg": _angle_deg(best.goniometer.rotation_axis,
+                                                                   truth.experiment.goniometer.rotation_axis)}
+    return case
+
+
+def timing(folder: Path, repeats: int = 5) -> dict:
+    experiment, strong = _prepare(folder, "distance=2193", "goniometer.axis=-107,-122,0")
+    settings = index.settings_from_params(_params(index, "detector.fix=distance", "goniometer.fix=None"))
+    index.index_sweep(experiment, strong, settings)  # warm-up: numba compilation, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        index.index_sweep(experiment, strong, settings)
+        times.append(time.perf_counter() - start)
+    return {"n_strong": len(strong), "median_s": float(np.median(times)), "min_s": float(np.min(times)),
+            "repeats": repeats}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--crystals", type=int, default=18)
+    parser.add_argument("--simulation", type=Path, default=None, help="an existing preset=myd88 simulation")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = args.simulation
+        if sim is None:
+            sim = Path(tmp) / "myd88"
+            simulate.run(_params(simulate, "preset=myd88", f"n_crystals={args.crystals}"), sim)
+        results = {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+                   "affinity": len(os.sched_getaffinity(0)), "index_one_crystal": timing(sim / "1"), "crystals": {}}
+        print(json.dumps(results["index_one_crystal"]), flush=True)
+        for i in range(1, args.crystals + 1):
+            results["crystals"][i] = crystal_case(sim / str(i))
+            print(i, json.dumps(results["crystals"][i]), flush=True)
+    good = [c for c in results["crystals"].values() if not c["bad_crystal"]]
+    results["summary"] = {
+        "good_crystals": len(good),
+        "p1_percent_indexed_min": min(c["p1_right_sense"]["percent_indexed"] for c in good),
+        "p1_rmsd_xy_px_max": max(max(c["p1_right_sense"]["rmsd_x_px"], c["p1_right_sense"]["rmsd_y_px"]) for c in good),
+        "p1_rmsd_z_images_max": max(c["p1_right_sense"]["rmsd_z_images"] for c in good),
+        "rmsd_z_ratio_min": min(c["rmsd_z_ratio_wrong_over_right"] for c in good),
+        "c2_cell_error_percent_max": max(c["c2"].get("max_cell_error_percent", np.inf) for c in good),
+        "c2_orientation_error_deg_max": max(c["c2"].get("orientation_error_deg", np.inf) for c in good),
+        "axis_within_1deg": sum(c["find_rotation_axis"]["angle_to_truth_deg"] < 1.0
+                                for c in results["crystals"].values()),
+    }
+    print(json.dumps(results["summary"], indent=1))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
