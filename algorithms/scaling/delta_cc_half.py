@@ -105,11 +105,11 @@ def robust_cutoff(values: np.ndarray, stdcutoff: float) -> float:
     return median - stdcutoff * 1.4826 * float(np.median(np.abs(values - median)))
 
 
-def edge_groups_below(groups: ImageGroups, below: np.ndarray, present: np.ndarray) -> np.ndarray:
+def edge_groups_below(groups: ImageGroups, below: np.ndarray) -> np.ndarray:
     """DIALS' rule: only blocks at the current start or end of a sweep are removed, repeatedly."""
     remove = np.zeros(len(below), bool)
     for k in np.unique(groups.dataset):  # loop over datasets
-        members = np.nonzero((groups.dataset == k) & present)[0]
+        members = np.nonzero(groups.dataset == k)[0]
         members = members[np.argsort(groups.first_image[members])]
         lo, hi = 0, len(members) - 1
         while lo <= hi and below[members[lo]]:

@@ -315,7 +315,7 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
         last = np.array([data.scans[k].image_range[1] for k in present])
         limit = cutoff(delta, options.stdcutoff)
         removed_datasets = [int(k) for k in present[delta < limit]]
-    elif options.mode == "image_group":
+    else:
         groups = image_groups(data.dataset, image, active, data.n_datasets, options.group_size)
         cc_all, delta = delta_cc_half(reflection, scaler.n_groups, scaled, groups.group[idx], len(groups.dataset), bins)
         group_dataset, first, last = groups.dataset, groups.first_image, groups.last_image
@@ -331,17 +331,10 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
             judged = ~np.isin(group_dataset, removed_datasets)
         limit = cutoff(delta[judged], options.stdcutoff)
         below = (delta < limit) & judged
-        if options.image_group_removal == "edges":
-            remove = edge_groups_below(groups, below, np.ones(len(below), bool))
-        elif options.image_group_removal == "anywhere":
-            remove = below
-        else:
-            raise DataError(f"scaling: image_group_removal={options.image_group_removal!r} is not one of anywhere, edges")
+        remove = edge_groups_below(groups, below) if options.image_group_removal == "edges" else below
         removed_ranges = [(int(k), int(a), int(b)) for k, a, b in zip(group_dataset[remove], first[remove], last[remove])]
         kept_below = [(int(k), int(a), int(b)) for k, a, b in zip(group_dataset[below & ~remove], first[below & ~remove],
                                                                    last[below & ~remove])]
-    else:
-        raise DataError(f"scaling: deltacchalf.mode={options.mode!r} is not one of dataset, image_group")
 
     newly = np.zeros(len(data), bool)
     for k in removed_datasets:
@@ -378,9 +371,22 @@ def _valid_image_ranges(data: ScalingData, removed_datasets: list, removed_range
     return result
 
 
+_CHOICES = {"intensity_choice": ("combine", "profile", "sum"), "error_model": (None, "basic"),
+            "outlier_rejection": (None, "standard"), "filtering_method": (None, "deltacchalf"),
+            "mode": ("dataset", "image_group"), "image_group_removal": ("anywhere", "edges")}
+
+
+def _check_options(options: ScalingOptions) -> None:
+    for name, allowed in _CHOICES.items():
+        value = getattr(options, name)
+        if value not in allowed:
+            raise DataError(f"scaling: {name}={value!r} is not one of {', '.join(map(str, allowed))}; choose one of those")
+
+
 def scale_and_filter(data: ScalingData, options: ScalingOptions | None = None, with_merging_statistics: bool = True) -> ScalingResult:
     """Scale all datasets jointly (and filter by ΔCC½ if asked); see the module docstring."""
     options = options or ScalingOptions()
+    _check_options(options)
     scaler = _JointScaler(data, options)
     filtering = None
     if options.filtering_method == "deltacchalf":
@@ -405,8 +411,6 @@ def scale_and_filter(data: ScalingData, options: ScalingOptions | None = None, w
         filtering = FilteringResult(cycles=cycles, termination_reason=reason, removed_ranges=removed_ranges,
                                     removed_datasets=removed_datasets, n_initial_reflections=n_initial,
                                     n_removed_reflections=removed_total)
-    elif options.filtering_method is not None:
-        raise DataError(f"scaling: filtering.method={options.filtering_method!r} is not one of None, deltacchalf")
     scaler.run(full_matrix=options.full_matrix)
 
     p = scaler.parameters

@@ -6,6 +6,7 @@ import gemmi
 import numpy as np
 import pytest
 
+from algorithms.errors import DataError
 from algorithms.merging import merge_intensities
 from algorithms.merging.cc_half import sigma_tau_cc_half
 from algorithms.merging.symmetry import map_to_asu
@@ -159,7 +160,7 @@ def test_image_groups_merge_short_last_block_and_skip_holes():
 def test_dials_edge_rule_removes_only_from_the_ends():
     groups = image_groups(np.zeros(6, int), np.arange(1, 7), np.ones(6, bool), 1, 1)
     below = np.array([True, True, False, True, False, True])
-    removed = edge_groups_below(groups, below, np.ones(6, bool))
+    removed = edge_groups_below(groups, below)
     assert list(removed) == [True, True, False, False, False, True]
 
 
@@ -231,3 +232,9 @@ def test_min_completeness_stops_filtering_and_empty_dataset_is_harmless():
     assert not result.scaled[sim.data.dataset == 4].any()
     assert np.all(result.models[4].scale == 1.0) and np.all(result.models[4].scale_esd == 0.0)
     assert np.all(np.isfinite(result.inverse_scale_factor_variance))
+
+
+def test_unknown_option_values_are_reported():
+    sim = simulate_scaling(n_datasets=2, obs_per_dataset=100, seed=1)
+    with pytest.raises(DataError, match="mode='images'"):
+        scale_and_filter(sim.data, ScalingOptions(filtering_method="deltacchalf", mode="images"))
