@@ -108,6 +108,11 @@ N_BACKGROUND_PARAMETERS = {kernels.CONSTANT3D: 1, kernels.LOGLINEAR3D: 4}
 SUPPORT_RADIUS_CELLS = 4.5
 
 
+def max_frames(bbox: np.ndarray) -> int:
+    """The most frames any box spans (the width of the per-frame reference arrays)."""
+    return int(max(1, (bbox[:, 5] - bbox[:, 4]).max(initial=1)))
+
+
 def integrate_image_block(
     images: np.ndarray, z_first: int, pixel_valid: np.ndarray, experiment: Experiment, profile: ProfileModel,
     predicted: dict[str, np.ndarray], rows: np.ndarray, reference_rows: np.ndarray, min_background_pixels: int = 10,
@@ -147,6 +152,7 @@ def integrate_image_block(
         "grid_cover": np.zeros((n, ns), np.float32),
         "grid_cover2": np.zeros((n, ns), np.float32),
         "grid_bad": np.zeros((n, ns), np.bool_),
+        "grid_shared": np.zeros((n, ns), np.bool_),
     }
     refs = {
         "ref_rows": ref_rows,
@@ -154,6 +160,7 @@ def integrate_image_block(
         "ref_background": np.zeros((nr, G3), np.float32),
         "ref_cover": np.zeros((nr, G3), np.float32),
         "ref_bad": np.zeros((nr, G3), np.bool_),
+        "ref_frames": np.zeros((nr, max_frames(predicted["bbox"])), np.float64),
     }
     step_b, step_m = profile.grid_steps_rad()
     phi_start, dphi = np.radians(scan.oscillation)
@@ -171,7 +178,7 @@ def integrate_image_block(
         out["num_pixels.foreground"], out["num_pixels.background"], out["kernel_flags"], out["xyzobs.px.value"],
         out["voxel_volume"],
         out["grid_counts"], out["grid_background"], out["grid_cover"], out["grid_cover2"], out["grid_bad"],
-        refs["ref_counts"], refs["ref_background"], refs["ref_cover"], refs["ref_bad"],
+        out["grid_shared"], refs["ref_counts"], refs["ref_background"], refs["ref_cover"], refs["ref_bad"], refs["ref_frames"],
     )
     return {**out, **refs}
 
@@ -179,6 +186,7 @@ def integrate_image_block(
 def fit_reference_profiles(
     experiment: Experiment, profile: ProfileModel, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
     modelling_rows: np.ndarray, threshold: float = 0.02, scan_step_deg: float = 5.0,
+    min_unshared_fraction: float = 0.5,
 ) -> dict[str, np.ndarray]:
     """Learn reference profiles from the whole grids of ``modelling_rows`` (``block["ref_*"]``,
     one row each, in that order) and fit every reflection on its support cells.
@@ -205,8 +213,8 @@ def fit_reference_profiles(
     n_fitted = np.zeros(n, np.int64)
     kernels.fit_profiles(
         which, np.ascontiguousarray(on_support), np.ascontiguousarray(fit_mask), block["grid_counts"],
-        block["grid_background"], block["grid_cover"], block["grid_cover2"], block["grid_bad"],
-        block["background.variance"], block["voxel_volume"], intensity, variance, correlation, n_fitted,
+        block["grid_background"], block["grid_cover"], block["grid_cover2"], block["grid_bad"], block["grid_shared"],
+        block["background.variance"], block["voxel_volume"], min_unshared_fraction, intensity, variance, correlation, n_fitted,
     )
     return {
         "intensity.prf.value": intensity,
@@ -215,3 +223,50 @@ def fit_reference_profiles(
         "profile.n_fitted": n_fitted,
         "profile.n_references": np.where(which >= 0, n_refs[np.maximum(which, 0)], 0),
     }
+
+
+def refine_profile_model(
+    experiment: Experiment, profile: ProfileModel, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
+    rows: np.ndarray,
+) -> dict:
+    """σb and σm (degrees) measured on the integrated reference reflections ``rows`` of a first
+    pass (``block`` holds their ``ref_*`` arrays, in that order, and their voxel volumes).
+
+    DIALS' estimators (:mod:`algorithms.integration.profile_model`) see only the strong pixels of
+    each spot — its bright core above the spot-finding threshold, raw counts with background —
+    and so describe the spot's core, not its Gaussian width; a foreground of ±n_sigma of that
+    then cuts off several per cent of every reflection. Here the whole shoebox is used, with its
+    background subtracted: σb from the second moments in (c1, c2) of the pooled reference
+    density on the Kabsch grid (which reaches ±4.5 σb of the first pass; the variances of a
+    grid cell and of a pixel, w²/12 each, are taken off), σm by DIALS' extended maximum-likelihood
+    estimator on the background-subtracted foreground counts of each frame (whose frame edges
+    and box ends it models exactly).
+    """
+    from algorithms.integration.profile_model import estimate_sigma_m_deg
+
+    step_b, step_m = profile.grid_steps_rad()
+    one_position = np.zeros((len(rows), 3))
+    pooled, _, available = learn_reference_profiles(
+        one_position, (1, 1, 1), block["ref_counts"], block["ref_background"], block["ref_cover"], block["ref_bad"],
+        block["voxel_volume"][rows], block["intensity.sum.value"][rows], step_b * step_b * step_m)
+    if len(rows) < 10 or not available[0]:
+        return {"sigma_b_deg": profile.sigma_b_deg, "sigma_m_deg": profile.sigma_m_deg, "n_references": int(len(rows))}
+    g = pooled[0].reshape(kernels.GRID, kernels.GRID, kernels.GRID).sum(axis=0)  # (c2, c1)
+    c = (np.arange(kernels.GRID) - kernels.GRID_HALF) * step_b
+    mass = g.sum()
+    var_c1 = np.sum(g.sum(axis=0) * c**2) / mass
+    var_c2 = np.sum(g.sum(axis=1) * c**2) / mass
+    zeta = predicted["zeta"][rows]
+    pixel_area = block["voxel_volume"][rows] / (np.abs(zeta) * np.radians(abs(experiment.scan.oscillation[1])))
+    var_b = 0.5 * (var_c1 + var_c2) - step_b**2 / 12 - np.mean(pixel_area) / 12
+    sigma_b = float(np.degrees(np.sqrt(var_b))) if var_b > 0 else profile.sigma_b_deg
+    # σm: one entry per (reference, frame of its box)
+    bbox = predicted["bbox"][rows]
+    n_frames = np.minimum(bbox[:, 5] - bbox[:, 4], block["ref_frames"].shape[1])
+    spot = np.repeat(np.arange(len(rows)), n_frames)
+    frame = np.concatenate([np.arange(k) for k in n_frames]) if len(rows) else np.zeros(0, int)
+    counts = block["ref_frames"][spot, frame]
+    z = bbox[spot, 4] + frame
+    tau = experiment.scan.angle_from_array_index(z + 0.5) - np.degrees(predicted["xyzcal.mm"][rows, 2][spot])
+    sigma_m = estimate_sigma_m_deg(counts, tau, spot, zeta, abs(experiment.scan.oscillation[1]))
+    return {"sigma_b_deg": sigma_b, "sigma_m_deg": sigma_m, "n_references": int(len(rows))}

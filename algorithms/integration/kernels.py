@@ -44,6 +44,7 @@ _FOREGROUND = 1
 _BACKGROUND = 2  # valid, nobody's foreground: used for the background model
 _OTHERS = 3  # valid, another reflection's foreground: neither background nor grid
 _INVALID_BG = 4
+_SHARED_FG = 5  # valid foreground also claimed by another reflection
 
 
 @numba.njit(cache=True, nogil=True)
@@ -320,8 +321,8 @@ def integrate_block(
     grid_step_b, grid_step_m, sigma_m_rad, min_background_pixels, background_params, tuning_constant,
     support_cells, reference_slot,
     isum, vsum, bg_mean, bg_sum, bg_var, n_fg, n_bg, flags, centroid, voxel_volume,
-    grid_counts, grid_background, grid_cover, grid_cover2, grid_bad,
-    ref_counts, ref_background, ref_cover, ref_bad,
+    grid_counts, grid_background, grid_cover, grid_cover2, grid_bad, grid_shared,
+    ref_counts, ref_background, ref_cover, ref_bad, ref_frames,
 ):
     """Integrate the reflections ``bbox`` (n, 6) on ``images`` (nz, ny, nx) whose first frame has
     array index ``z_first``. ``foreground_count`` (from :func:`paint_foreground`) says how many
@@ -332,8 +333,10 @@ def integrate_block(
     Outputs are written into the preallocated arrays: per reflection the summation results, the
     background (mean μ over the foreground, ΣB over the foreground and the variance of the
     per-voxel background there), and the Kabsch grid on the ``support_cells`` (flat cell
-    indices) — counts, background, voxel mass, Σ mass² and a bad-voxel flag per cell; reflections
-    with ``reference_slot`` ≥ 0 also get their whole grid in the ``ref_*`` arrays at that slot."""
+    indices) — counts, background, voxel mass, Σ mass², a bad-voxel flag and a flag for cells
+    holding foreground another reflection claims too; reflections
+    with ``reference_slot`` ≥ 0 also get their whole grid in the ``ref_*`` arrays at that slot, and
+    in ``ref_frames`` the background-subtracted foreground counts of each frame of their box."""
     nz_img, ny_img, nx_img = images.shape
     n_refl = bbox.shape[0]
     mx, my, mz = _max_box(bbox)
@@ -364,8 +367,10 @@ def integrate_block(
     g_cover = np.zeros(GRID_CELLS)
     g_cover2 = np.zeros(GRID_CELLS)
     g_bad = np.zeros(GRID_CELLS, dtype=np.bool_)
+    g_shared = np.zeros(GRID_CELLS, dtype=np.bool_)
     inv_sb = 1.0 / grid_step_b
     grad = np.zeros(4)
+    frame_excess = np.zeros(mz)
     for i in range(n_refl):
         x0, x1, y0, y1, z0, z1 = bbox[i, 0], bbox[i, 1], bbox[i, 2], bbox[i, 3], bbox[i, 4], bbox[i, 5]
         nx, ny, nz = x1 - x0, y1 - y0, z1 - z0
@@ -440,6 +445,7 @@ def integrate_block(
                             sum_fg += v
                             if others > 0:
                                 f |= OVERLAPPED_FG
+                                voxel_class[v_index] = _SHARED_FG
                         else:
                             voxel_class[v_index] = _INVALID_FG
                             f |= FG_BAD
@@ -469,6 +475,7 @@ def integrate_block(
             if reference_slot[i] >= 0:
                 ref_bad[reference_slot[i], :] = True
             grid_bad[i, :] = True
+            grid_shared[i, :] = False
             continue
         # too few background voxels to see a gradient: the constant model
         n_params = background_params if nb >= 10 * background_params else 1
@@ -515,7 +522,9 @@ def integrate_block(
         g_cover[:] = 0.0
         g_cover2[:] = 0.0
         g_bad[:] = False
+        g_shared[:] = False
         sum_b = 0.0
+        frame_excess[:nz] = 0.0
         grad[:] = 0.0
         wsum = 0.0
         cxs = 0.0
@@ -531,7 +540,8 @@ def integrate_block(
                     if c == _OTHERS:
                         continue
                     b = ex[xx] * ey[yy] * ez[zz]
-                    if c == _FOREGROUND:
+                    if c == _FOREGROUND or c == _SHARED_FG:
+                        frame_excess[zz] += v - b
                         sum_b += b
                         grad[1] += b * ux[xx]
                         grad[2] += b * uy[yy]
@@ -543,6 +553,7 @@ def integrate_block(
                             cys += w * (y0 + yy + 0.5)
                             czs += w * (z0 + zz + 0.5)
                     bad = c == _INVALID_FG or c == _INVALID_BG
+                    shared = c == _SHARED_FG
                     for e in range(pixel_n[yy, xx]):
                         cell2 = pixel_cells[yy, xx, e]
                         area = pixel_weights[yy, xx, e]
@@ -551,6 +562,8 @@ def integrate_block(
                             if bad:
                                 g_bad[cell] = True
                             else:
+                                if shared:
+                                    g_shared[cell] = True
                                 frac = slice_f[zz, s] * area
                                 g_counts[cell] += v * frac
                                 g_background[cell] += b * frac
@@ -587,18 +600,22 @@ def integrate_block(
             grid_cover[i, j] = g_cover[cell]
             grid_cover2[i, j] = g_cover2[cell]
             grid_bad[i, j] = g_bad[cell]
+            grid_shared[i, j] = g_shared[cell]
         slot = reference_slot[i]
         if slot >= 0:
             for cell in range(GRID_CELLS):
                 ref_counts[slot, cell] = g_counts[cell]
                 ref_background[slot, cell] = g_background[cell]
                 ref_cover[slot, cell] = g_cover[cell]
-                ref_bad[slot, cell] = g_bad[cell]
+                ref_bad[slot, cell] = g_bad[cell] or g_shared[cell]
+            for zz in range(min(nz, ref_frames.shape[1])):
+                ref_frames[slot, zz] = frame_excess[zz]
 
 
 @numba.njit(cache=True, nogil=True)
 def fit_profiles(profile_of_refl, profiles, fit_mask, grid_counts, grid_background, grid_cover, grid_cover2, grid_bad,
-                 bg_var, voxel_volume, intensity, variance, correlation, n_fitted, max_iterations=100):
+                 grid_shared, bg_var, voxel_volume, min_unshared_fraction, intensity, variance, correlation, n_fitted,
+                 max_iterations=100):
     """Fit I·q + B to each reflection's grid (on the support cells) by iteratively reweighted
     least squares.
 
@@ -608,9 +625,13 @@ def fit_profiles(profile_of_refl, profiles, fit_mask, grid_counts, grid_backgrou
     v_vox: one voxel's c-volume, B_k: the modelled background there) and the variance
     cover2_k·(B_k/n_k + I·g_k·v_vox). The variance of I adds the background model's own error
     (``bg_var``: variance of the per-voxel background level) propagated through the fit.
+    Cells holding foreground that another reflection claims too (``grid_shared``: a
+    neighbour's tail may add counts there) are left out when the others still hold at least
+    ``min_unshared_fraction`` of the profile's fitted mass.
     """
     n = grid_counts.shape[0]
     n_support = grid_counts.shape[1]
+    use = np.empty(n_support, dtype=np.bool_)
     for i in range(n):
         j = profile_of_refl[i]
         if j < 0:
@@ -618,12 +639,21 @@ def fit_profiles(profile_of_refl, profiles, fit_mask, grid_counts, grid_backgrou
             variance[i] = -1.0
             continue
         g = profiles[j]
-        use = fit_mask[j]
         vv = voxel_volume[i]
+        mass_all = 0.0
+        mass_unshared = 0.0
+        for c in range(n_support):
+            if fit_mask[j, c] and grid_cover[i, c] > 0 and not grid_bad[i, c]:
+                mass_all += g[c] * grid_cover[i, c]
+                if not grid_shared[i, c]:
+                    mass_unshared += g[c] * grid_cover[i, c]
+        exclude_shared = mass_unshared >= min_unshared_fraction * mass_all
         num0 = 0.0
         m = 0
         for c in range(n_support):
-            if use[c] and grid_cover[i, c] > 0 and not grid_bad[i, c]:
+            use[c] = (fit_mask[j, c] and grid_cover[i, c] > 0 and not grid_bad[i, c]
+                      and not (exclude_shared and grid_shared[i, c]))
+            if use[c]:
                 num0 += grid_counts[i, c] - grid_background[i, c]
                 m += 1
         n_fitted[i] = m
@@ -635,8 +665,8 @@ def fit_profiles(profile_of_refl, profiles, fit_mask, grid_counts, grid_backgrou
             num = 0.0
             den = 0.0
             for c in range(n_support):
-                nk = grid_cover[i, c]
-                if use[c] and nk > 0 and not grid_bad[i, c]:
+                if use[c]:
+                    nk = grid_cover[i, c]
                     q = g[c] * nk * vv
                     v = grid_cover2[i, c] * (abs(grid_background[i, c]) / nk + abs(est) * g[c] * vv) + 1e-10
                     num += (grid_counts[i, c] - grid_background[i, c]) * q / v
@@ -654,8 +684,8 @@ def fit_profiles(profile_of_refl, profiles, fit_mask, grid_counts, grid_backgrou
         syy = 0.0
         sxy = 0.0
         for c in range(n_support):
-            nk = grid_cover[i, c]
-            if use[c] and nk > 0 and not grid_bad[i, c]:
+            if use[c]:
+                nk = grid_cover[i, c]
                 q = g[c] * nk * vv
                 v = grid_cover2[i, c] * (abs(grid_background[i, c]) / nk + abs(est) * g[c] * vv) + 1e-10
                 den += q * q / v

@@ -23,6 +23,7 @@ from algorithms.integration import kernels
 from algorithms.integration.integrate import (
     ProfileModel,
     fit_reference_profiles,
+    refine_profile_model,
     integrate_image_block,
     pixel_validity_mask,
     predict_reflections,
@@ -43,6 +44,10 @@ class GaussianRsParameters:
     n_sigma: float = param(3.0, "Extent of the profile model in standard deviations.")
     sigma_b: float | None = param(None, "Beam divergence σb (degrees); None = estimate from the strong spots.")
     sigma_m: float | None = param(None, "Reflecting range σm (degrees); None = estimate from the strong spots.")
+    refine_sigma: bool = param(
+        True, "Re-measure σb and σm on the first integration of the reference spots (whole shoeboxes, background "
+        "subtracted) and integrate with those; DIALS' estimates from the strong pixels alone describe only each "
+        "spot's core (not done for σ values given).")
 
 
 @dataclass
@@ -136,9 +141,11 @@ def _chunk_bounds(n_images: int, chunk_images: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk_images, n_images)) for s in range(0, n_images, chunk_images)]
 
 
-def prepare(experiment: Experiment, reflections: ReflectionTable, params: Params) -> dict:
-    """Profile model, predictions and which task owns each reflection."""
-    profile, estimate = _profile_model(experiment, reflections, params)
+def prepare(experiment: Experiment, reflections: ReflectionTable, params: Params,
+            profile: ProfileModel | None = None, estimate: dict | None = None) -> dict:
+    """Profile model (estimated unless given), predictions and which task owns each reflection."""
+    if profile is None:
+        profile, estimate = _profile_model(experiment, reflections, params)
     predicted = predict_reflections(experiment, profile, params.prediction.d_min, params.prediction.d_max,
                                     params.filter.min_zeta, params.profile.sigma_b_multiplier)
     z0_scan = experiment.scan.array_range[0]
@@ -162,13 +169,62 @@ def prepare(experiment: Experiment, reflections: ReflectionTable, params: Params
 
 
 def integrate_chunk(prep: dict, task: int, images: np.ndarray, z_first: int, experiment: Experiment,
-                    pixel_valid: np.ndarray, background: Background) -> tuple[np.ndarray, dict]:
-    """Integrate the reflections owned by ``task`` from ``images`` starting at array index ``z_first``."""
+                    pixel_valid: np.ndarray, background: Background, candidates_only: bool = False,
+                    ) -> tuple[np.ndarray, dict]:
+    """Integrate the reflections owned by ``task`` (only the profile-modelling candidates if
+    ``candidates_only``) from ``images`` starting at array index ``z_first``."""
     rows = np.nonzero(prep["owner"] == task)[0]
+    if candidates_only:
+        rows = np.intersect1d(rows, prep["modelling_candidates"])
     block = integrate_image_block(np.ascontiguousarray(images, dtype=np.float32), z_first, pixel_valid, experiment,
                                   prep["profile"], prep["predicted"], rows, prep["modelling_candidates"],
                                   background.min_pixels, background.model)
     return rows, block
+
+
+REFERENCE_ARRAYS = ("ref_counts", "ref_background", "ref_cover", "ref_bad", "ref_frames")
+
+
+def _join_chunks(chunk_results: list, n: int) -> dict:
+    """The chunk results as one block: per-reflection arrays of length ``n`` in prediction order
+    (zero for rows no chunk integrated), reference arrays in the order of their rows."""
+    rows = np.concatenate([r for r, _ in chunk_results])
+    block = {}
+    for k in chunk_results[0][1]:
+        if k.startswith("ref_"):
+            continue
+        joined = np.concatenate([b[k] for _, b in chunk_results])
+        block[k] = np.zeros((n, *joined.shape[1:]), joined.dtype)
+        block[k][rows] = joined
+    ref_rows = np.concatenate([b["ref_rows"] for _, b in chunk_results])
+    ref_order = np.argsort(ref_rows)
+    block["ref_rows"] = ref_rows[ref_order]
+    for k in REFERENCE_ARRAYS:
+        block[k] = np.concatenate([b[k] for _, b in chunk_results])[ref_order]
+    return block
+
+
+def _references(block: dict, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates that were summed (the modelling references) and a mask of them among
+    ``block["ref_rows"]`` (= candidates)."""
+    summed = (block["kernel_flags"][candidates] & kernels.FAILED_SUMMATION) == 0
+    return candidates[summed], summed
+
+
+def refine(prep: dict, chunk_results: list, experiment: Experiment, reflections: ReflectionTable,
+           params: Params) -> dict:
+    """A new :func:`prepare` with σb and σm measured on the first pass over the reference spots."""
+    n = len(prep["predicted"]["bbox"])
+    block = _join_chunks(chunk_results, n)
+    rows, summed = _references(block, prep["modelling_candidates"])
+    for k in REFERENCE_ARRAYS:
+        block[k] = block[k][summed]
+    refined = refine_profile_model(experiment, prep["profile"], prep["predicted"], block, rows)
+    first = prep["profile"]
+    estimate = {**prep["estimate"], "dials_sigma_b_deg": first.sigma_b_deg, "dials_sigma_m_deg": first.sigma_m_deg,
+                "n_refined_from": refined["n_references"]}
+    profile = ProfileModel(refined["sigma_b_deg"], refined["sigma_m_deg"], first.n_sigma)
+    return prepare(experiment, reflections, params, profile, estimate)
 
 
 def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections: ReflectionTable,
@@ -176,14 +232,7 @@ def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections:
     """Join the chunk results in prediction order, fit profiles and build the reflection table."""
     predicted = prep["predicted"]
     n = len(predicted["bbox"])
-    rows = np.concatenate([r for r, _ in chunk_results]) if chunk_results else np.zeros(0, int)
-    order = np.argsort(rows)
-    block = {k: np.concatenate([b[k] for _, b in chunk_results])[order]
-             for k in chunk_results[0][1] if not k.startswith("ref_")} if n else {}
-    ref_rows = np.concatenate([b["ref_rows"] for _, b in chunk_results]) if n else np.zeros(0, int)
-    ref_order = np.argsort(ref_rows)
-    for k in ("ref_counts", "ref_background", "ref_cover", "ref_bad"):
-        block[k] = np.concatenate([b[k] for _, b in chunk_results])[ref_order] if n else None
+    block = _join_chunks(chunk_results, n) if n else {}
     table = ReflectionTable(experiment_identifiers={experiment_id: experiment.identifier})
     table["id"] = np.full(n, experiment_id, dtype=np.int32)
     table["panel"] = np.zeros(n, dtype=np.uint64)
@@ -214,14 +263,13 @@ def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections:
     # reference spots: predictions matched to the strong indexed spots (same h and entering)
     reference = prep["reference"]
     table.set_flags(reference, Flags.reference_spot)
-    candidates = prep["modelling_candidates"]
-    modelling_rows = candidates[summed[candidates]]
-    for k in ("ref_counts", "ref_background", "ref_cover", "ref_bad"):
-        block[k] = block[k][summed[candidates]]
+    modelling_rows, used = _references(block, prep["modelling_candidates"])
+    for k in REFERENCE_ARRAYS:
+        block[k] = block[k][used]
     modelling = np.zeros(n, bool)
     modelling[modelling_rows] = True
-    summary = {"profile_model": {"sigma_b_deg": prep["profile"].sigma_b_deg, "sigma_m_deg": prep["profile"].sigma_m_deg,
-                                 "n_sigma": prep["profile"].n_sigma, **prep["estimate"]},
+    summary = {"profile_model": {**prep["estimate"], "sigma_b_deg": prep["profile"].sigma_b_deg,
+                                 "sigma_m_deg": prep["profile"].sigma_m_deg, "n_sigma": prep["profile"].n_sigma},
                "n_predicted": int(n), "n_reference": int(reference.sum()), "n_modelling": int(modelling.sum())}
     if params.profile.fitting:
         fitted = fit_reference_profiles(experiment, prep["profile"], predicted, block, modelling_rows,
@@ -270,15 +318,25 @@ def integration_graph(experiment, reflections, params: Params, stack, experiment
     z0 = sweep.scan.array_range[0]
     n = sweep.scan.num_images
     bounds = _chunk_bounds(n, params.chunk_images)
-    results = []
-    for task, (s, e) in enumerate(bounds):
-        lo, hi = max(0, s - params.halo_images), min(n, e + params.halo_images)
-        results.append(dask.delayed(integrate_chunk, pure=True)(
-            prep, task, data[lo:hi], z0 + lo, experiment, pixel_valid, params.background,
-            dask_key_name=f"integrate-{name}-{task}"))
-    results.append(dask.delayed(integrate_chunk, pure=True)(
-        prep, len(bounds), data, z0, experiment, pixel_valid, params.background,
-        dask_key_name=f"integrate-{name}-wide"))
+
+    def chunk_tasks(prep, label: str, candidates_only: bool) -> list:
+        tasks = []
+        for task, (s, e) in enumerate(bounds):
+            lo, hi = max(0, s - params.halo_images), min(n, e + params.halo_images)
+            tasks.append(dask.delayed(integrate_chunk, pure=True)(
+                prep, task, data[lo:hi], z0 + lo, experiment, pixel_valid, params.background, candidates_only,
+                dask_key_name=f"integrate-{label}-{name}-{task}"))
+        tasks.append(dask.delayed(integrate_chunk, pure=True)(
+            prep, len(bounds), data, z0, experiment, pixel_valid, params.background, candidates_only,
+            dask_key_name=f"integrate-{label}-{name}-wide"))
+        return tasks
+
+    gp = params.profile.gaussian_rs.parameters
+    if gp.refine_sigma and (gp.sigma_b is None or gp.sigma_m is None):
+        first = chunk_tasks(prep, "references", True)
+        prep = dask.delayed(refine, pure=True)(prep, first, experiment, reflections, params,
+                                               dask_key_name=f"integrate-refine-{name}")
+    results = chunk_tasks(prep, "chunk", False)
     return dask.delayed(finish, pure=True)(prep, results, experiment, reflections, params, experiment_id,
                                             dask_key_name=f"integrate-finish-{name}")
 
