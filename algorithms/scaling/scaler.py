@@ -155,6 +155,7 @@ class ScalingResult:
     filtering: FilteringResult | None
     merging_statistics: MergingStatistics | None
     cell_outliers: dict = field(default_factory=dict)  # dataset → reason, removed before scaling
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     history: list = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -438,4 +439,5 @@ def scale_and_filter(data: ScalingData, options: ScalingOptions | None = None, w
                          combination_table=scaler.combination_table,
                          valid_image_ranges=_valid_image_ranges(data, removed_datasets, removed_ranges),
                          filtering=filtering, merging_statistics=stats, cell_outliers=scaler.cell_outliers,
+                         model_options=options.model,
                          history=scaler.history)
