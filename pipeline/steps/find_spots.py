@@ -170,8 +170,10 @@ def _spots_of_sweep(chunks, n_fast: int, spot_limits: SpotFilter, experiment_id:
                                     experiment_id=experiment_id, identifier=identifier or None, shoeboxes=shoeboxes)
 
 
-def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int = 0):
-    """A Delayed FoundSpots for one sweep: one task per image chunk plus one reduce."""
+def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int = 0, name: str | None = None):
+    """A Delayed FoundSpots for one sweep: one task per image chunk plus one reduce. With a
+    ``name`` (say ``ds3``) the tasks are keyed ``find_spots-ds3-<chunk>`` and ``find_spots-ds3``, so
+    the dashboard says whose they are; the name must then be unique among the graphs of a run."""
     chunk_images = params.spotfinder.mp.chunksize
     chunk_images = DEFAULT_CHUNK_IMAGES if chunk_images is None else chunk_images
     if chunk_images < 1:
@@ -183,14 +185,19 @@ def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int 
     first_z = experiment.scan.array_range[0]
     starts = np.cumsum((0,) + stack.data.chunks[0][:-1])
     find_in_chunk = dask.delayed(strong_pixels_in_chunk, pure=True)
+
+    def key(suffix: str = "") -> dict:
+        return {} if name is None else {"dask_key_name": f"find_spots-{name}{suffix}"}
+
     chunks = [
         find_in_chunk(block, first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal,
-                      detector.gain, max_strong_pixel_fraction=params.spotfinder.filter.max_strong_pixel_fraction)
-        for block, start in zip(stack.data.to_delayed().ravel(), starts)
+                      detector.gain, max_strong_pixel_fraction=params.spotfinder.filter.max_strong_pixel_fraction,
+                      **key(f"-{k}"))
+        for k, (block, start) in enumerate(zip(stack.data.to_delayed().ravel(), starts))
     ]
     return dask.delayed(_spots_of_sweep, pure=True)(
         chunks, detector.image_size[0], spot_filter(experiment, params), experiment_id, experiment.identifier,
-        params.output.shoeboxes)
+        params.output.shoeboxes, **key())
 
 
 def run(experiments: list[Experiment], reflections: ReflectionTable | None, params: Params) -> StepResult:

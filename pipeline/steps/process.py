@@ -236,9 +236,9 @@ def dataset_graph(name: str, experiment: Experiment, params: Params, folder: Pat
             if is_done(folder, "find_spots", keys["find_spots"]):
                 strong = dask.delayed(_load_strong, pure=True)(folder, dask_key_name=f"load-strong-{name}")
             else:
-                found = find_spots.find_spots_graph(experiment, fs, experiment_id)
+                found = find_spots.find_spots_graph(experiment, fs, experiment_id, name=name)
                 strong = dask.delayed(_guarded, pure=True)("find_spots", _spots_task, found, folder,
-                                                           keys["find_spots"], dask_key_name=f"find_spots-{name}")
+                                                           keys["find_spots"], dask_key_name=f"strong-{name}")
             indexed = dask.delayed(_guarded, pure=True)("index", _index_task, experiment, strong, ix, folder,
                                                         keys["index"], dask_key_name=f"index-{name}")
         refined = dask.delayed(_guarded, pure=True)("refine", _refine_task, indexed, rf, folder, keys["refine"],
@@ -307,7 +307,8 @@ def _first_pass(experiments: dict[str, Experiment], params: Params, client, find
     belongs to the instrument, so a few sweeps decide it for all); then every crystal's distance."""
     spots = {}
     for i, (name, experiment) in enumerate(experiments.items()):
-        found = find_spots.find_spots_graph(experiment, _step_params(params, experiment)[0], i)
+        found = find_spots.find_spots_graph(experiment, _step_params(params, experiment)[0], i,
+                                            name=f"first-pass-{name}")
         spots[name] = dask.delayed(operator.attrgetter("reflections"), pure=True)(
             found, dask_key_name=f"first-pass-spots-{name}")
     strong, failures = _gather(client, spots, "find_spots")
