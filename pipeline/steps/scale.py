@@ -267,7 +267,9 @@ def prepare_scaling_input(experiments: list[Experiment], reflections: Reflection
     table.unset_flags(np.ones(len(table), bool), Flags.bad_for_scaling | Flags.scaled)
     n = len(table)
     dataset = table["id"].astype(np.int64)
-    z_obs = (table["xyzobs.px.value"] if "xyzobs.px.value" in table else table["xyzcal.px"])[:, 2]
+    z_obs = table["xyzcal.px"][:, 2]
+    if "xyzobs.px.value" in table:  # the observed centroid where integration found one (NaN where it did not)
+        z_obs = np.where(np.isfinite(table["xyzobs.px.value"][:, 2]), table["xyzobs.px.value"][:, 2], z_obs)
     offsets = batch_offsets([e.scan.image_range for e in experiments], [e.scan.batch_offset for e in experiments])
     d, phi_deg, z_rel, image = (np.empty(n) for _ in range(4))
     user_excluded = np.zeros(n, bool)
