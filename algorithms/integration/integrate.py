@@ -25,6 +25,7 @@ from algorithms.integration.profiles import (
     support_cells,
 )
 from algorithms.integration.shoebox_geometry import compute_bboxes, partiality
+from algorithms.shoebox import ragged_take
 
 
 @dataclass
@@ -72,6 +73,9 @@ def predict_reflections(
     e1, e2, _, zeta = kabsch_frame(pred.s1, s0, axis_lab)
     bbox = compute_bboxes(pred.s1, pred.phi_rad, e1, e2, zeta, det, scan, profile.sigma_b_deg,
                           profile.sigma_m_deg, profile.n_sigma, sigma_b_multiplier)
+    masks, mask_offsets = kernels.foreground_masks(
+        np.ascontiguousarray(bbox, dtype=np.int64), e1, e2, det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0],
+        det.pixel_size[1], np.radians(profile.n_sigma * profile.sigma_b_deg))
     is_electron = beam.probe == "electron" or (beam.probe is None and beam.wavelength < 0.1)
     lp = lorentz_polarisation(pred.s1, s0, axis_lab, beam.polarization_normal, beam.polarization_fraction,
                               apply_polarisation=not is_electron)
@@ -89,6 +93,8 @@ def predict_reflections(
         "partiality": partiality(pred.phi_rad, zeta, bbox, scan, profile.sigma_m_deg),
         "lp": lp,
         "dont_integrate": np.abs(zeta) < min_zeta,
+        "foreground_masks": masks,
+        "foreground_mask_offsets": mask_offsets,
     }
 
 
@@ -127,10 +133,10 @@ def integrate_image_block(
     n = len(rows)
     delta_b = np.radians(profile.n_sigma * profile.sigma_b_deg)
     bbox_all = np.ascontiguousarray(predicted["bbox"], dtype=np.int64)
-    claimed = kernels.paint_foreground(images.shape, int(z_first), bbox_all, predicted["e1"], predicted["e2"],
-                                       det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
-                                       delta_b)
-    mine = {k: v[rows] for k, v in predicted.items()}
+    masks, mask_offsets = predicted["foreground_masks"], predicted["foreground_mask_offsets"]
+    claimed = kernels.paint_foreground(images.shape, int(z_first), bbox_all, masks, mask_offsets)
+    mine = {k: v[rows] for k, v in predicted.items() if not k.startswith("foreground_mask")}
+    mine_masks, mine_offsets = ragged_take(masks, mask_offsets, rows)
     ref_rows = np.intersect1d(rows, reference_rows)
     slot = np.full(n, -1, dtype=np.int64)
     slot[np.searchsorted(rows, ref_rows)] = np.arange(len(ref_rows))
@@ -167,7 +173,7 @@ def integrate_image_block(
     kernels.integrate_block(
         np.ascontiguousarray(images), int(z_first), pixel_valid, float(det.trusted_range[0]),
         float(det.trusted_range[1]), claimed,
-        np.ascontiguousarray(mine["bbox"], dtype=np.int64), mine["e1"], mine["e2"],
+        np.ascontiguousarray(mine["bbox"], dtype=np.int64), mine_masks, mine_offsets, mine["e1"], mine["e2"],
         mine["zeta"], mine["xyzcal.mm"][:, 2],
         det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
         delta_b, float(phi_start), float(dphi), int(scan.image_range[0]),

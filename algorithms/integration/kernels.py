@@ -57,9 +57,10 @@ def huber_expectations(mu, c):
     hi = int(mu + 12.0 * sigma + 10.0)
     e_psi = 0.0
     e_psi_r = 0.0
-    log_mu = math.log(mu)
+    p = math.exp(lo * math.log(mu) - mu - math.lgamma(lo + 1.0))
     for j in range(lo, hi + 1):
-        p = math.exp(j * log_mu - mu - math.lgamma(j + 1.0))
+        if j > lo:
+            p *= mu / j  # Poisson pmf recurrence
         r = (j - mu) / sigma
         psi = min(max(r, -c), c)
         e_psi += p * psi
@@ -276,6 +277,30 @@ def _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground):
 
 
 @numba.njit(cache=True, nogil=True)
+def _cell_of(c1, c2, inv_step):
+    """(c2, c1) cell index of a point, −1 outside the grid."""
+    g1 = int(math.floor(c1 * inv_step + GRID_HALF + 0.5))
+    g2 = int(math.floor(c2 * inv_step + GRID_HALF + 0.5))
+    return g2 * GRID + g1 if 0 <= g1 < GRID and 0 <= g2 < GRID else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _outside_grid(c1c, c2c, yy, xx, inv_step):
+    """Whether a pixel lies wholly beyond one edge of the grid (its corners all beyond it)."""
+    edge = GRID_HALF + 0.5
+    lo1 = hi1 = lo2 = hi2 = 0
+    for dy in range(2):
+        for dx in range(2):
+            g1 = c1c[yy + dy, xx + dx] * inv_step
+            g2 = c2c[yy + dy, xx + dx] * inv_step
+            lo1 += g1 < -edge
+            hi1 += g1 >= edge
+            lo2 += g2 < -edge
+            hi2 += g2 >= edge
+    return lo1 == 4 or hi1 == 4 or lo2 == 4 or hi2 == 4
+
+
+@numba.njit(cache=True, nogil=True)
 def _max_box(bbox):
     mx = 1
     my = 1
@@ -288,25 +313,47 @@ def _max_box(bbox):
 
 
 @numba.njit(cache=True, nogil=True)
-def paint_foreground(shape, z_first, bbox, e1, e2, origin, fast, slow, pixel_size_x, pixel_size_y, delta_b_rad):
-    """How many reflections claim each voxel of an image block (nz, ny, nx) as foreground, so that
-    no reflection takes another's foreground as its background (DIALS' image-volume integrators)."""
-    nz_img, ny_img, nx_img = shape
-    count = np.zeros((nz_img, ny_img, nx_img), dtype=np.int16)
+def foreground_masks(bbox, e1, e2, origin, fast, slow, pixel_size_x, pixel_size_y, delta_b_rad):
+    """Every reflection's foreground mask (ny, nx) of its box, flat (y-major) and concatenated,
+    with offsets (n + 1): computed once, used by the painting of every image block and by the
+    integration."""
+    n = bbox.shape[0]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        offsets[i + 1] = offsets[i] + (bbox[i, 1] - bbox[i, 0]) * (bbox[i, 3] - bbox[i, 2])
+    masks = np.zeros(offsets[n], dtype=np.bool_)
     mx, my, _ = _max_box(bbox)
     c1c = np.empty((my + 1, mx + 1))
     c2c = np.empty((my + 1, mx + 1))
     foreground = np.empty((my, mx), dtype=np.bool_)
+    for i in range(n):
+        x0, y0 = bbox[i, 0], bbox[i, 2]
+        nx, ny = bbox[i, 1] - x0, bbox[i, 3] - y0
+        _corner_frame(x0, y0, nx, ny, e1[i], e2[i], origin, fast, slow, pixel_size_x, pixel_size_y, c1c, c2c)
+        _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground)
+        k = offsets[i]
+        for yy in range(ny):
+            for xx in range(nx):
+                masks[k] = foreground[yy, xx]
+                k += 1
+    return masks, offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def paint_foreground(shape, z_first, bbox, masks, mask_offsets):
+    """How many reflections claim each voxel of an image block (nz, ny, nx) as foreground, so that
+    no reflection takes another's foreground as its background (DIALS' image-volume integrators)."""
+    nz_img, ny_img, nx_img = shape
+    count = np.zeros((nz_img, ny_img, nx_img), dtype=np.int16)
     for i in range(bbox.shape[0]):
         x0, x1, y0, y1, z0, z1 = bbox[i, 0], bbox[i, 1], bbox[i, 2], bbox[i, 3], bbox[i, 4], bbox[i, 5]
         if z1 <= z_first or z0 >= z_first + nz_img or x1 <= 0 or y1 <= 0 or x0 >= nx_img or y0 >= ny_img:
             continue
         nx, ny = x1 - x0, y1 - y0
-        _corner_frame(x0, y0, nx, ny, e1[i], e2[i], origin, fast, slow, pixel_size_x, pixel_size_y, c1c, c2c)
-        _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground)
+        k0 = mask_offsets[i]
         for yy in range(max(0, -y0), min(ny, ny_img - y0)):
             for xx in range(max(0, -x0), min(nx, nx_img - x0)):
-                if foreground[yy, xx]:
+                if masks[k0 + yy * nx + xx]:
                     for z in range(max(z0, z_first), min(z1, z_first + nz_img)):
                         count[z - z_first, y0 + yy, x0 + xx] += 1
     return count
@@ -315,7 +362,7 @@ def paint_foreground(shape, z_first, bbox, e1, e2, origin, fast, slow, pixel_siz
 @numba.njit(cache=True, nogil=True)
 def integrate_block(
     images, z_first, pixel_valid, trusted_lo, trusted_hi, foreground_count,
-    bbox, e1, e2, zeta, phi_calc,
+    bbox, masks, mask_offsets, e1, e2, zeta, phi_calc,
     origin, fast, slow, pixel_size_x, pixel_size_y,
     delta_b_rad, phi_start_rad, dphi_rad, scan_first,
     grid_step_b, grid_step_m, sigma_m_rad, min_background_pixels, background_params, tuning_constant,
@@ -368,6 +415,12 @@ def integrate_block(
     g_cover2 = np.zeros(GRID_CELLS)
     g_bad = np.zeros(GRID_CELLS, dtype=np.bool_)
     g_shared = np.zeros(GRID_CELLS, dtype=np.bool_)
+    f_counts = np.zeros(GRID * GRID)
+    f_background = np.zeros(GRID * GRID)
+    f_area = np.zeros(GRID * GRID)
+    f_area2 = np.zeros(GRID * GRID)
+    f_bad = np.zeros(GRID * GRID, dtype=np.bool_)
+    f_shared = np.zeros(GRID * GRID, dtype=np.bool_)
     inv_sb = 1.0 / grid_step_b
     grad = np.zeros(4)
     frame_excess = np.zeros(mz)
@@ -382,12 +435,29 @@ def integrate_block(
         dc1y = c1c[cy + 1, cx] - c1c[cy, cx]
         dc2y = c2c[cy + 1, cx] - c2c[cy, cx]
         voxel_volume[i] = abs(dc1x * dc2y - dc1y * dc2x) * abs(zeta[i]) * abs(dphi_rad)
-        _foreground_mask(c1c, c2c, nx, ny, delta_b_rad, foreground)
+        k0 = mask_offsets[i]
+        for yy in range(ny):
+            for xx in range(nx):
+                foreground[yy, xx] = masks[k0 + yy * nx + xx]
         # the (c1, c2) cells each pixel covers, with the fraction of its area in each: its
         # SUBPIXELS² sub-pixels go to the cells of their centres (c bilinear between the
         # corners), so that the grid does not depend on where the spot sits within a pixel
         for yy in range(ny):
             for xx in range(nx):
+                # the cells of the four corners: one cell (most pixels) or all outside the grid
+                # need no sub-pixels
+                k00 = _cell_of(c1c[yy, xx], c2c[yy, xx], inv_sb)
+                k01 = _cell_of(c1c[yy, xx + 1], c2c[yy, xx + 1], inv_sb)
+                k10 = _cell_of(c1c[yy + 1, xx], c2c[yy + 1, xx], inv_sb)
+                k11 = _cell_of(c1c[yy + 1, xx + 1], c2c[yy + 1, xx + 1], inv_sb)
+                if k00 == k01 and k00 == k10 and k00 == k11 and k00 >= 0:
+                    pixel_cells[yy, xx, 0] = k00
+                    pixel_weights[yy, xx, 0] = 1.0
+                    pixel_n[yy, xx] = 1
+                    continue
+                if _outside_grid(c1c, c2c, yy, xx, inv_sb):
+                    pixel_n[yy, xx] = 0
+                    continue
                 m = 0
                 for sy in range(SUBPIXELS):
                     ty = (sy + 0.5) / SUBPIXELS
@@ -532,6 +602,13 @@ def integrate_block(
         czs = 0.0
         v_index = 0
         for zz in range(nz):
+            # the frame on the (c2, c1) plane first; then onto its c3 slices
+            f_counts[:] = 0.0
+            f_background[:] = 0.0
+            f_area[:] = 0.0
+            f_area2[:] = 0.0
+            f_bad[:] = False
+            f_shared[:] = False
             for yy in range(ny):
                 for xx in range(nx):
                     c = voxel_class[v_index]
@@ -552,23 +629,35 @@ def integrate_block(
                             cxs += w * (x0 + xx + 0.5)
                             cys += w * (y0 + yy + 0.5)
                             czs += w * (z0 + zz + 0.5)
-                    bad = c == _INVALID_FG or c == _INVALID_BG
+                    if c == _INVALID_FG or c == _INVALID_BG:
+                        for e in range(pixel_n[yy, xx]):
+                            f_bad[pixel_cells[yy, xx, e]] = True
+                        continue
                     shared = c == _SHARED_FG
                     for e in range(pixel_n[yy, xx]):
                         cell2 = pixel_cells[yy, xx, e]
                         area = pixel_weights[yy, xx, e]
-                        for s in range(slice_n[zz]):
-                            cell = slice_k[zz, s] * GRID * GRID + cell2
-                            if bad:
-                                g_bad[cell] = True
-                            else:
-                                if shared:
-                                    g_shared[cell] = True
-                                frac = slice_f[zz, s] * area
-                                g_counts[cell] += v * frac
-                                g_background[cell] += b * frac
-                                g_cover[cell] += slice_g[zz, s] * area
-                                g_cover2[cell] += frac * frac
+                        f_counts[cell2] += v * area
+                        f_background[cell2] += b * area
+                        f_area[cell2] += area
+                        f_area2[cell2] += area * area
+                        if shared:
+                            f_shared[cell2] = True
+            for s in range(slice_n[zz]):
+                base = slice_k[zz, s] * GRID * GRID
+                frac = slice_f[zz, s]
+                geometric = slice_g[zz, s]
+                for cell2 in range(GRID * GRID):
+                    cell = base + cell2
+                    if f_bad[cell2]:
+                        g_bad[cell] = True
+                    if f_area[cell2] > 0.0:
+                        g_counts[cell] += f_counts[cell2] * frac
+                        g_background[cell] += f_background[cell2] * frac
+                        g_cover[cell] += f_area[cell2] * geometric
+                        g_cover2[cell] += f_area2[cell2] * frac * frac
+                        if f_shared[cell2]:
+                            g_shared[cell] = True
         grad[0] = sum_b
         if wsum > 0:
             centroid[i, 0] = cxs / wsum
