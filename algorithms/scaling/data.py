@@ -62,7 +62,7 @@ class ScalingData:
     """Everything joint scaling needs, one row per observation.
 
     ``z_obs`` is the image coordinate relative to the scan: 0 at the start of its first image (DIALS'
-    xyzobs.px z minus image_range[0] − 1), so image number = ⌊z⌋ + first image of the scan;
+    xyzobs.px z minus (image_range[0] − 1)), so image number = ⌊z⌋ + first image of the scan;
     ``s0c``/``s1c`` are crystal-frame unit vectors for the absorption surface (optional; see
     :func:`algorithms.scaling.absorption.crystal_frame_directions`).
     """

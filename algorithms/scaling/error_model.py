@@ -86,7 +86,8 @@ def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, 
     error-model weights) into the final model."""
     scaled_i, scaled_var = intensity / g, variance / g**2
     mean_h, _, n_h = weighted_group_means(group, n_groups, scaled_i, scaled_var, active)
-    i_over_sigma = np.bincount(group, np.where(active, scaled_i / np.sqrt(scaled_var), 0.0), n_groups) / np.maximum(n_h, 1)
+    ratio = np.divide(scaled_i, np.sqrt(np.abs(scaled_var)), out=np.zeros_like(scaled_i), where=active & (scaled_var > 0))
+    i_over_sigma = np.bincount(group, ratio, n_groups) / np.maximum(n_h, 1)
     use = active & (partiality > 0.4) & (i_over_sigma[group] > 0.85) & (g * mean_h[group] > min_Ih) & (intensity > 0.001)
     n_use = np.bincount(group, use.astype(float), n_groups)
     use &= n_use[group] > 1

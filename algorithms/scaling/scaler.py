@@ -226,10 +226,11 @@ class _JointScaler:
         active = self.active & (self.data.partiality > self.options.min_partiality)
         variance = self.variance
         n = np.bincount(self.group, active.astype(float), self.n_groups)
-        i_over_sigma = np.bincount(self.group, np.where(active, self.intensity / np.sqrt(variance), 0.0), self.n_groups)
+        ratio = np.divide(self.intensity, np.sqrt(np.abs(variance)), out=np.zeros(len(variance)), where=active & (variance > 0))
+        i_over_sigma = np.bincount(self.group, ratio, self.n_groups)
         mean_i_over_sigma = i_over_sigma / np.maximum(n, 1)
         selected = active & (n[self.group] >= 2) & (mean_i_over_sigma[self.group] >= self.options.Isigma_cutoff)
-        return np.where(selected, 1.0 / variance, 0.0)
+        return np.divide(1.0, variance, out=np.zeros(len(variance)), where=selected & (variance > 0))
 
     def _target(self) -> ScalingTarget:
         return ScalingTarget(self.model, self.group, self.n_groups, self.intensity, self._selection_weights(), self.history)

@@ -238,33 +238,3 @@ def test_unknown_option_values_are_reported():
     sim = simulate_scaling(n_datasets=2, obs_per_dataset=100, seed=1)
     with pytest.raises(DataError, match="mode='images'"):
         scale_and_filter(sim.data, ScalingOptions(filtering_method="deltacchalf", mode="images"))
-
-
-def test_scaling_data_from_reflection_tables():
-    from algorithms.geometry.models import Beam, Crystal, Detector, Experiment, Goniometer, Scan
-    from algorithms.reflection_table import Flags, ReflectionTable
-    from algorithms.scaling.from_reflections import scaling_data_from_reflections
-
-    def experiment(first_image, a):
-        return Experiment(beam=Beam(direction=(0, 0, 1), wavelength=0.0251), detector=Detector(origin=(0, 0, -1000.0)),
-                          goniometer=Goniometer(rotation_axis=(1, 0, 0)), scan=Scan(image_range=(first_image, first_image + 9),
-                                                                                   oscillation=(0.0, 1.0)),
-                          crystal=Crystal.from_cell_and_U(gemmi.UnitCell(a, 12, 14, 90, 90, 90), np.eye(3), "P 2 2 2"))
-
-    flags = np.array([Flags.integrated_sum | Flags.integrated_prf, Flags.integrated_sum, Flags.predicted], dtype=np.int64)
-    table = ReflectionTable({"miller_index": np.array([[1, 2, 3], [2, 0, 1], [1, 1, 1]]), "flags": flags,
-                             "intensity.sum.value": np.array([100.0, 50.0, 1.0]),
-                             "intensity.sum.variance": np.array([100.0, 50.0, 1.0]),
-                             "intensity.prf.value": np.array([90.0, 45.0, 1.0]),
-                             "intensity.prf.variance": np.array([81.0, 40.0, 1.0]),
-                             "partiality": np.array([0.5, 1.0, 1.0]), "lp": np.array([1.0, 2.0, 1.0]),
-                             "xyzobs.px.value": np.array([[1.0, 2.0, 12.5], [3.0, 4.0, 19.2], [0.0, 0.0, 11.0]])})
-    data, rows = scaling_data_from_reflections([experiment(11, 10.0), experiment(1, 10.6)], [table, table])
-    assert [list(r) for r in rows] == [[0, 1], [0, 1]]
-    assert np.allclose(data.z_obs[:2], [2.5, 9.2])  # relative to the scan: DIALS z runs from image_range[0] − 1
-    assert list(data.image_number()[:2]) == [13, 20] and list(data.image_number()[2:]) == [13, 20]
-    c = data.intensities
-    assert c.intensity_sum[0] == pytest.approx(200.0) and c.intensity_prf[0] == pytest.approx(90.0)
-    assert np.isnan(c.intensity_prf[1]) and c.intensity_sum[1] == pytest.approx(100.0)
-    assert data.d[0] == pytest.approx(1 / np.sqrt((1 / 10) ** 2 + (2 / 12) ** 2 + (3 / 14) ** 2))
-    assert data.unit_cell.a == pytest.approx(10.3) and data.s0c is None
