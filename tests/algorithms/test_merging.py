@@ -8,7 +8,7 @@ import pytest
 from scipy import special, stats
 
 from algorithms.merging import (format_merging_statistics_table, french_wilson, map_to_asu, merge_anomalous,
-                                merge_bijvoet_amplitudes, merge_dataset, merge_intensities, merging_statistics)
+                                merge_bijvoet_amplitudes, merge_intensities, merging_statistics)
 from algorithms.merging.cc_half import random_half_split, sigma_tau_cc_half
 from algorithms.merging.french_wilson import french_wilson_table, posterior_moments
 
@@ -188,29 +188,3 @@ def test_french_wilson_and_amplitude_merge_reproduce_a_dials_merged_mtz(shared_d
     assert np.allclose(f[present], col("F")[present], rtol=1e-5)
     assert np.allclose(sigma[present], col("SIGF")[present], rtol=1e-5)
 
-
-def test_merged_dataset_columns_are_consistent():
-    cell, sg = gemmi.UnitCell(40, 50, 60, 90, 100, 90), gemmi.SpaceGroup("P 1 21 1")
-    asu = gemmi.make_miller_array(cell, sg, 3.0, 0).astype(np.int64)
-    rng = np.random.default_rng(4)
-    truth = rng.exponential(500.0, len(asu))
-    rows = rng.integers(0, len(asu), 6 * len(asu))
-    rotations = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[-1, 0, 0], [0, 1, 0], [0, 0, -1]]])
-    original = np.einsum("ni,nij->nj", asu[rows], rotations[rng.integers(0, 2, len(rows))]) * rng.choice([-1, 1], len(rows))[:, None]
-    sigma = np.sqrt(truth[rows] + 100)
-    intensity = truth[rows] + rng.normal(0, 1, len(rows)) * sigma
-    merged = merge_dataset(original, intensity, sigma**2, cell, sg)
-    mapping = map_to_asu(original, sg)
-    reference = merge_intensities(mapping.group, intensity, sigma**2, len(mapping.unique_asu_index))
-    assert np.array_equal(merged.miller_index, mapping.unique_asu_index)
-    assert np.allclose(merged.imean, reference.intensity) and np.allclose(merged.sigimean, reference.sigma)
-    centric = np.asarray(sg.operations().centric_flag_array(merged.miller_index.astype(np.int32)), bool)
-    assert np.all(np.isnan(merged.i_minus[centric])) and np.all(merged.n_minus[centric] == 0)
-    assert np.all(merged.n_plus + merged.n_minus == reference.multiplicity)
-    strong = np.isfinite(merged.f) & (merged.imean / merged.sigimean > 20)
-    assert np.allclose(merged.f[strong], np.sqrt(merged.imean[strong]), rtol=0.02)
-    both = np.isfinite(merged.f_plus) & np.isfinite(merged.f_minus)
-    f, sigma_f = merge_bijvoet_amplitudes(merged.f_plus, merged.sigf_plus, merged.f_minus, merged.sigf_minus)
-    assert np.allclose(merged.f[both], f[both]) and np.allclose(merged.sigf[both], sigma_f[both])
-    assert merged.n_rejected_french_wilson == int(np.sum(np.isfinite(merged.i_plus)) + np.sum(np.isfinite(merged.i_minus))
-                                                  - np.sum(np.isfinite(merged.f_plus)) - np.sum(np.isfinite(merged.f_minus)))
