@@ -160,7 +160,12 @@ def minimise_lbfgs(target: ScalingTarget, p0: np.ndarray, relative_tolerance: fl
 
 def minimise_levmar(target: ScalingTarget, p0: np.ndarray, fixed: np.ndarray, rmsd_tolerance: float = 1e-4,
                     max_iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Levenberg–Marquardt on the free parameters; returns parameters and their covariance (fixed rows 0)."""
+    """Levenberg–Marquardt on the free parameters; returns parameters and their covariance (fixed rows 0).
+
+    Started at the L-BFGS minimum, the steps are small: the normal matrix (one dense GEMM of
+    reflections × parameters², the expensive part) is built once at the start and kept, while the
+    gradient is re-evaluated every step (a modified Gauss–Newton iteration); the covariance comes from
+    that matrix with s² of the final residuals."""
     p = p0.copy()
     normal, jtr, value = target.normal_equations(p)
     # Parameters that no observation or restraint touches (e.g. of a crystal removed by filtering)
@@ -178,7 +183,7 @@ def minimise_levmar(target: ScalingTarget, p0: np.ndarray, fixed: np.ndarray, rm
                 step[free] = -linalg.solve(damped, jtr[free], assume_a="pos")
             except (linalg.LinAlgError, ValueError):
                 step[free] = -linalg.lstsq(damped, jtr[free])[0]
-            trial_value = target.value_and_gradient(p + step)[0]
+            trial_value, trial_gradient = target.value_and_gradient(p + step)
             if trial_value < value:
                 mu /= 3.0
                 break
@@ -186,7 +191,7 @@ def minimise_levmar(target: ScalingTarget, p0: np.ndarray, fixed: np.ndarray, rm
         else:
             break
         p = p + step
-        normal, jtr, value = target.normal_equations(p)
+        value, jtr = trial_value, 0.5 * trial_gradient  # Φ' = 2(Jᵀr + λp)
         rmsd = np.sqrt(value / max(target.n_used, 1))
         target.history.append(("levmar", rmsd))
         if previous_rmsd - rmsd < rmsd_tolerance * previous_rmsd:
