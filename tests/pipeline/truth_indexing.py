@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from algorithms.geometry.models import Experiment
-from algorithms.geometry.prediction import predict_rotation, reciprocal_lattice_points
+from algorithms.geometry.prediction import predict_rotation, predict_rotation_scan_varying, reciprocal_lattice_points
 from algorithms.reflection_table import Flags, ReflectionTable
 
 
 def index_with_truth(experiment: Experiment, strong: ReflectionTable, tolerance: float = 0.3) -> ReflectionTable:
     """Assign Miller indices from the true A, flag indexed, and add xyzcal.* and entering from
-    the true model's predictions (matched on h and the nearer crossing)."""
+    the true model's predictions (matched on h and the nearer crossing; the scan-varying
+    predictor when the crystal has scan points, as DIALS predicts from a refined model)."""
     beam, det, gonio, scan, crystal = (experiment.beam, experiment.detector, experiment.goniometer,
                                        experiment.scan, experiment.crystal)
     table = strong.copy()
@@ -20,7 +21,11 @@ def index_with_truth(experiment: Experiment, strong: ReflectionTable, tolerance:
     hf = rlp @ np.linalg.inv(crystal.A).T
     h = np.rint(hf).astype(np.int32)
     ok = (np.linalg.norm(hf - h, axis=1) < tolerance) & np.any(h != 0, axis=1)
-    pred = predict_rotation(h[ok], crystal.A, beam, det, gonio, scan, require_on_panel=False)
+    if crystal.A_at_scan_points is not None:
+        pred = predict_rotation_scan_varying(h[ok], crystal.A_at_scan_points, beam, det, gonio, scan,
+                                             require_on_panel=False)
+    else:
+        pred = predict_rotation(h[ok], crystal.A, beam, det, gonio, scan, require_on_panel=False)
     rows = np.nonzero(ok)[0]
     xyzcal_px = np.full((len(table), 3), np.nan)
     xyzcal_mm = np.full((len(table), 3), np.nan)
