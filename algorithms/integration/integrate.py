@@ -156,7 +156,6 @@ def integrate_image_block(
         "grid_counts": np.zeros((n, ns), np.float32),
         "grid_background": np.zeros((n, ns), np.float32),
         "grid_cover": np.zeros((n, ns), np.float32),
-        "grid_cover2": np.zeros((n, ns), np.float32),
         "grid_bad": np.zeros((n, ns), np.bool_),
         "grid_shared": np.zeros((n, ns), np.bool_),
     }
@@ -183,7 +182,7 @@ def integrate_image_block(
         out["background.sum.value"], out["background.variance"],
         out["num_pixels.foreground"], out["num_pixels.background"], out["kernel_flags"], out["xyzobs.px.value"],
         out["voxel_volume"],
-        out["grid_counts"], out["grid_background"], out["grid_cover"], out["grid_cover2"], out["grid_bad"],
+        out["grid_counts"], out["grid_background"], out["grid_cover"], out["grid_bad"],
         out["grid_shared"], refs["ref_counts"], refs["ref_background"], refs["ref_cover"], refs["ref_bad"], refs["ref_frames"],
     )
     return {**out, **refs}
@@ -219,7 +218,7 @@ def fit_reference_profiles(
     n_fitted = np.zeros(n, np.int64)
     kernels.fit_profiles(
         which, np.ascontiguousarray(on_support), np.ascontiguousarray(fit_mask), block["grid_counts"],
-        block["grid_background"], block["grid_cover"], block["grid_cover2"], block["grid_bad"], block["grid_shared"],
+        block["grid_background"], block["grid_cover"], block["grid_bad"], block["grid_shared"],
         block["background.variance"], block["voxel_volume"], min_unshared_fraction, intensity, variance, correlation, n_fitted,
     )
     return {
