@@ -5,7 +5,8 @@ C and B Gaussian smoothers along the rotation (:mod:`smoother`), A the spherical
 surface (:mod:`absorption`, only for wedges > 60° under ``absorption_correction = auto``). Each term
 is linear in its parameters, so C, B and A − 1 are sparse design matrices times the parameter vector,
 and dg/dp is those matrices with rows scaled by g/C, g/(2d²) and g/A. Restraints (added to the
-target): decay_restraint·ΣB² and surface_weight·ΣP².
+target): decay_restraint·ΣB² and surface_weight·ΣP². Wedges under 1° get DIALS' KB model instead
+(``model = auto``): one scale and one B per dataset.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from algorithms.errors import DataError
 from algorithms.scaling.absorption import absorption_basis, n_absorption_parameters
 from algorithms.scaling.data import ScalingData
 from algorithms.scaling.smoother import SmootherAxis, auto_intervals_deg
@@ -36,6 +38,7 @@ class DatasetModelLayout:
 
 @dataclass
 class ModelOptions:
+    model: str = "auto"  # auto (KB for wedges < 1°, else physical) | physical | KB
     scale_interval: float | None = None
     decay_interval: float | None = None
     decay_correction: bool = True
@@ -55,14 +58,20 @@ class PhysicalModel:
         offset = 0
         specs = []
         for k, scan in enumerate(data.scans):
-            auto_scale, auto_decay = auto_intervals_deg(scan.wedge_deg)
-            scale_axis = SmootherAxis.from_interval(scan.wedge_deg, scan.oscillation_width_deg,
-                                                    options.scale_interval or auto_scale)
-            decay_axis = (SmootherAxis.from_interval(scan.wedge_deg, scan.oscillation_width_deg,
-                                                     options.decay_interval or auto_decay)
-                          if options.decay_correction else None)
-            absorption = (options.absorption_correction if options.absorption_correction is not None
-                          else scan.wedge_deg > 60.0) and data.s0c is not None and data.s1c is not None
+            if self.is_kb(options, scan.wedge_deg):
+                # KB model: one scale and one B for the whole dataset (a smoother with a single value).
+                scale_axis = SmootherAxis(n_values=1, rot_interval_deg=scan.wedge_deg, norm_factor=0.0)
+                decay_axis = scale_axis if options.decay_correction else None
+                absorption = False
+            else:
+                auto_scale, auto_decay = auto_intervals_deg(scan.wedge_deg)
+                scale_axis = SmootherAxis.from_interval(scan.wedge_deg, scan.oscillation_width_deg,
+                                                        options.scale_interval or auto_scale)
+                decay_axis = (SmootherAxis.from_interval(scan.wedge_deg, scan.oscillation_width_deg,
+                                                         options.decay_interval or auto_decay)
+                              if options.decay_correction else None)
+                absorption = (options.absorption_correction if options.absorption_correction is not None
+                              else scan.wedge_deg > 60.0) and data.s0c is not None and data.s1c is not None
             scale_slice = slice(offset, offset + scale_axis.n_values)
             offset = scale_slice.stop
             decay_slice = slice(offset, offset + (decay_axis.n_values if decay_axis else 0))
@@ -94,6 +103,13 @@ class PhysicalModel:
         for layout in self.layouts:
             self.restraint_weights[layout.decay_slice] = options.decay_restraint
             self.restraint_weights[layout.absorption_slice] = options.surface_weight
+
+    @staticmethod
+    def is_kb(options: ModelOptions, wedge_deg: float) -> bool:
+        """DIALS' model = auto: the physical model unless the wedge is under 1° (then KB)."""
+        if options.model not in ("auto", "physical", "KB"):
+            raise DataError(f"scaling: model={options.model!r} is not one of auto, physical, KB")
+        return options.model == "KB" or (options.model == "auto" and wedge_deg < 1.0)
 
     def initial_parameters(self) -> np.ndarray:
         p = np.zeros(self.n_parameters)

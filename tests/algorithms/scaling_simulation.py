@@ -29,8 +29,9 @@ class SimulatedScaling:
 def simulate_scaling(n_datasets: int = 18, n_images: int = 72, width_deg: float = 0.9149, obs_per_dataset: int = 2000,
                      d_min: float = 3.0, error_a: float = 1.5, error_b: float = 0.04, background_sigma: float = 15.0,
                      corrupted_images: dict | None = None, bad_dataset: int | None = None,
-                     non_isomorphous_fraction: float = 0.8, seed: int = 0) -> SimulatedScaling:
-    """``corrupted_images`` maps dataset → list of 1-based image numbers whose intensities are scrambled."""
+                     non_isomorphous_fraction: float = 0.8, drift: bool = True, seed: int = 0) -> SimulatedScaling:
+    """``corrupted_images`` maps dataset → list of 1-based image numbers whose intensities are scrambled;
+    ``drift=False`` keeps each crystal's scale and B constant over its sweep."""
     rng = np.random.default_rng(seed)
     cell, sg = gemmi.UnitCell(*MYD88_CELL), gemmi.SpaceGroup("C 1 2 1")
     asu = gemmi.make_miller_array(cell, sg, d_min, 0).astype(np.int64)
@@ -49,8 +50,9 @@ def simulate_scaling(n_datasets: int = 18, n_images: int = 72, width_deg: float 
         original = np.einsum("ni,nij->nj", asu[rows], op) * sign
         z = rng.uniform(0, n_images, n_obs)
         phase = rng.uniform(0, 2 * np.pi)
-        scale = rng.uniform(0.5, 2.0) * (1 + 0.25 * np.sin(2 * np.pi * z / (1.3 * n_images) + phase))
-        b_factor = -rng.uniform(0.0, 8.0) * z / n_images - rng.uniform(0, 3)
+        along = 1.0 if drift else 0.0
+        scale = rng.uniform(0.5, 2.0) * (1 + along * 0.25 * np.sin(2 * np.pi * z / (1.3 * n_images) + phase))
+        b_factor = -along * rng.uniform(0.0, 8.0) * z / n_images - rng.uniform(0, 3)
         d = d_asu[rows]
         g = scale * np.exp(b_factor / (2 * d**2))
         true_i = (other_truth if k == bad_dataset else truth)[rows]
