@@ -3,7 +3,8 @@
 One scaling run (Beilsten-Edmands et al. 2020, Acta D 76:385):
   1. L-BFGS on all model parameters (reflections with partiality > 0.95 in groups with n ≥ 2 and
      ⟨I/σ⟩ ≥ Isigma_cutoff);
-  2. scales for all reflections, outlier rejection, profile/summation combination (lowest Rmeas);
+  2. scales for all reflections, outlier rejection, profile/summation combination (lowest Rmeas;
+     chosen in the first run and kept by later filtering cycles);
   3. L-BFGS again, outlier rejection, error-model refinement;
   4. (final run only) full-matrix Levenberg–Marquardt with ``fix_initial`` → parameter covariance;
   5. scales and Var(g) for all reflections, outlier rejection, error model re-evaluated.
@@ -11,7 +12,9 @@ With ``filtering_method = 'deltacchalf'`` runs 1–3, 5 alternate with ΔCC½ an
 (:mod:`delta_cc_half`) until nothing is removed, more than max_percent_removed % of the reflections
 are gone, completeness drops below min_completeness, or max_cycles is reached; then a final full run.
 
-Beyond DIALS (ewald): in image_group mode, blocks below the cutoff are removed anywhere in the sweep
+Beyond DIALS (ewald): ΔCC½ is computed with the outlier-rejected observations included (an image of
+scrambled intensities otherwise hides behind its rejected outliers; ``include_outliers_in_delta_cc_half``);
+in image_group mode, blocks below the cutoff are removed anywhere in the sweep
 (``image_group_removal = 'anywhere'``; DIALS' ``'edges'`` rule is an option), and a crystal whose
 whole-crystal ΔCC½ is negative and below a robust cutoff (median − stdcutoff·1.4826·MAD) is removed
 as non-isomorphous; so is, before scaling, a crystal whose refined cell is far from the consensus
