@@ -48,9 +48,11 @@ def _matched(table, truth):
 
 def test_profile_model_estimates_are_near_the_truth(integrated):
     model = integrated.summary["experiments"][0]["profile_model"]
-    # DIALS' estimators see only strong pixels and so run a little narrow: within 15% of the truth
-    assert model["sigma_b_deg"] == pytest.approx(0.004, rel=0.15)
-    assert model["sigma_m_deg"] == pytest.approx(1.1, rel=0.15)
+    # DIALS' estimators see only strong pixels and so run narrow; re-measured on the whole
+    # background-subtracted reference shoeboxes, σb and σm come within a few per cent
+    assert model["dials_sigma_b_deg"] < 0.95 * 0.004 and model["dials_sigma_m_deg"] < 0.95 * 1.1
+    assert model["sigma_b_deg"] == pytest.approx(0.004, rel=0.04)
+    assert model["sigma_m_deg"] == pytest.approx(1.1, rel=0.04)
     assert integrated.experiments[0].profile["sigma_m"] == model["sigma_m_deg"]
 
 
@@ -89,9 +91,29 @@ def test_profile_fitting_beats_summation_on_weak_reflections(integrated, simulat
     assert i_over_s("intensity.prf.value", "intensity.prf.variance") > i_over_s("intensity.sum.value", "intensity.sum.variance")
 
 
+def test_errors_are_calibrated_against_the_true_counts(integrated, simulated):
+    """(I − I_true)/σ of fully recorded reflections: unbiased, and of unit spread where the
+    counting error dominates (true I/σ < 10; stronger ones carry the profile's own error)."""
+    t = integrated.reflections
+    truth = simulated[2]
+    i_t, j_t = _matched(t, truth)
+    full = truth["partiality"][j_t] > 0.99
+    expected = truth["counts"][j_t] / truth["partiality"][j_t]
+    for value, variance, flag, divide in (("intensity.sum.value", "intensity.sum.variance", Flags.integrated_sum, True),
+                                          ("intensity.prf.value", "intensity.prf.variance", Flags.integrated_prf, False)):
+        ok = full & t.get_flags(flag)[i_t]
+        scale = t["partiality"][i_t] if divide else 1.0
+        sigma = np.sqrt(np.abs(t[variance][i_t])) / scale
+        z = ((t[value][i_t] / scale - expected) / sigma)[ok]
+        weak = (expected / sigma)[ok] < 10
+        assert ok.sum() > 1000
+        assert abs(np.mean(z)) < 0.2, (value, np.mean(z))
+        assert 0.85 < np.std(z[weak]) < 1.25, (value, np.std(z[weak]))
+
+
 def test_results_do_not_depend_on_the_chunking(simulated, integrated):
     reference = integrated.reflections
-    for chunk in (4, 72):
+    for chunk in (4, 72):  # the reference run used the default, 8
         other = _integrate(simulated, f"chunk_images={chunk}").reflections
         for column in ("intensity.sum.value", "intensity.sum.variance", "intensity.prf.value", "background.mean", "flags"):
             np.testing.assert_array_equal(other[column], reference[column], err_msg=f"{column}, chunk_images={chunk}")
