@@ -196,12 +196,14 @@ def reject_outliers(
     residuals: np.ndarray,
     phi_rad: np.ndarray,
     algorithm: str,
-    block_width_deg: float = 18.0,
+    block_width_deg: float | None = 18.0,
     minimum_number_of_reflections: int = 20,
+    iqr_multiplier: float = 1.5,
 ) -> np.ndarray:
     """Outlier mask for residual rows (n, 3) = (Δx, Δy, Δφ), judged in blocks of φ.
 
-    The scan is cut into equal blocks of at least ``block_width_deg``.
+    The scan is cut into equal blocks of at least ``block_width_deg`` (None: one block, as
+    dials.index's candidate refinement); ``iqr_multiplier`` sets the Tukey fences.
     """
     n = len(residuals)
     if algorithm == "null" or n == 0:
@@ -210,7 +212,7 @@ def reject_outliers(
         raise ValueError(f"unknown outlier algorithm '{algorithm}'; choose tukey, mcd or null")
     phi_deg = np.degrees(phi_rad)
     lo, hi = phi_deg.min(), phi_deg.max()
-    n_blocks = max(int((hi - lo) / block_width_deg), 1)
+    n_blocks = 1 if block_width_deg is None else max(int((hi - lo) / block_width_deg), 1)
     block = np.minimum(((phi_deg - lo) / max(hi - lo, 1e-12) * n_blocks).astype(int), n_blocks - 1)
     outlier = np.zeros(n, bool)
     for b in range(n_blocks):
@@ -218,7 +220,7 @@ def reject_outliers(
         if len(rows) < minimum_number_of_reflections:
             outlier[rows] = True
         elif algorithm == "tukey":
-            outlier[rows] = tukey_outliers(residuals[rows])
+            outlier[rows] = tukey_outliers(residuals[rows], iqr_multiplier)
         else:
             outlier[rows] = mcd_outliers(residuals[rows])
     return outlier

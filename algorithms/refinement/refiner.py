@@ -40,6 +40,8 @@ class RefinementOptions:
     detector_fix: tuple[str, ...] = ()  # "distance" (Dist, Tau2, Tau3), "orientation", "position", "all"
     goniometer_fix: tuple[str, ...] = ("all",)  # () == None frees both Gamma angles; "in_beam_plane", "out_beam_plane"
     outlier_algorithm: str = "mcd"  # "tukey", "mcd", "null"
+    outlier_iqr_multiplier: float = 1.5  # Tukey fences (dials.index's candidate refinement: 3.0)
+    outlier_block_width_deg: float | None = 18.0  # φ blocks judged separately; None = one block
     max_iterations: int = 100
     reflections_per_degree: float | None = None  # None = all
     close_to_spindle_cutoff: float = 0.02
@@ -234,7 +236,9 @@ class _Macrocycle:
         x0 = self.model.free_values()
         _, delta, valid = self.evaluate(x0, with_jacobian=False)
         rows = self.rows[valid]
-        outlier = reject_outliers(delta[valid], self.data.obs[rows, 2], self.options.outlier_algorithm)
+        outlier = reject_outliers(delta[valid], self.data.obs[rows, 2], self.options.outlier_algorithm,
+                                  block_width_deg=self.options.outlier_block_width_deg,
+                                  iqr_multiplier=self.options.outlier_iqr_multiplier)
         self.outliers = rows[outlier]
         # the working set is sampled after outlier rejection, as in DIALS' ReflectionManager
         scan = self.experiment.scan
