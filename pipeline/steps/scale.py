@@ -26,13 +26,14 @@ import gemmi
 import numpy as np
 
 from algorithms.errors import DataError
-from algorithms.geometry.models import Experiment, rotation_matrix
+from algorithms.geometry.models import Experiment
 from algorithms.reflection_table import Flags, ReflectionTable
 from algorithms.merging import MergingStatistics, map_to_asu, merge_intensities, merging_statistics
 from algorithms.merging.statistics import normal_quantiles
 from algorithms.scaling import (DatasetModelResult, DatasetScan, FilteringResult, ModelOptions, ScalingData,
                                 ScalingOptions, ScalingResult, excluded_for_scaling, prepare_intensities,
                                 scale_and_filter)
+from algorithms.scaling.absorption import crystal_frame_directions
 from algorithms.scaling.smoother import SmootherAxis
 from pipeline.errors import InputFileError
 from pipeline.formats.mtz import batch_offsets
@@ -229,22 +230,6 @@ def average_unit_cell(experiments: list[Experiment]) -> gemmi.UnitCell:
 # -------------------------------------------------------------------------------- preparation
 
 
-def crystal_frame_vectors(s1: np.ndarray, s0: np.ndarray, axis: np.ndarray, phi_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """s1 and the sample→source direction rotated by −φ about ``axis``, in a frame with ``axis`` along z."""
-    axis = axis / np.linalg.norm(axis)
-    rotate_back = rotation_matrix(axis, -np.asarray(phi_rad, float))  # (n, 3, 3)
-    s1_unit = s1 / np.linalg.norm(s1, axis=1, keepdims=True)
-    s1c = np.einsum("nij,nj->ni", rotate_back, s1_unit)
-    s0c = np.einsum("nij,j->ni", rotate_back, -s0 / np.linalg.norm(s0))
-    z = np.array([0.0, 0.0, 1.0])
-    turn = np.cross(axis, z)
-    if np.linalg.norm(turn) < 1e-12:
-        align = np.eye(3) if axis @ z > 0 else np.diag([1.0, -1.0, -1.0])
-    else:
-        align = rotation_matrix(turn / np.linalg.norm(turn), float(np.arccos(np.clip(axis @ z, -1, 1))))
-    return s1c @ align.T, s0c @ align.T
-
-
 def _valid_image_mask(experiment: Experiment, image: np.ndarray) -> np.ndarray:
     ranges = experiment.scan.valid_image_ranges.get(experiment.identifier)
     if not ranges:
@@ -285,7 +270,8 @@ def prepare_scaling_input(experiments: list[Experiment], reflections: Reflection
         image[rows] = np.floor(z_obs[rows]) + 1
         user_excluded[rows] = ~_valid_image_mask(experiment, image[rows])
         axis = experiment.goniometer.rotation_axis_lab if experiment.goniometer is not None else np.array([1.0, 0, 0])
-        s1c[rows], s0c[rows] = crystal_frame_vectors(table["s1"][rows], experiment.beam.s0, axis, np.radians(phi_deg[rows]))
+        s0c[rows], s1c[rows] = crystal_frame_directions(table["s1"][rows], np.radians(phi_deg[rows]), axis,
+                                                        experiment.beam.direction)
     table["d"] = d
     table["phi"] = phi_deg
     table["batch"] = (image + np.asarray(offsets)[dataset]).astype(np.int32)
@@ -303,7 +289,8 @@ def prepare_scaling_input(experiments: list[Experiment], reflections: Reflection
     scans = [DatasetScan(e.scan.oscillation[0], e.scan.oscillation[1], e.scan.image_range) for e in experiments]
     data = ScalingData(dataset=dataset, miller_index=table["miller_index"], intensities=corrected, z_obs=z_rel, d=d,
                        partiality=table["partiality"] if "partiality" in table else np.ones(n), scans=scans,
-                       space_group=space_group, unit_cell=cell, s0c=s0c, s1c=s1c, user_excluded=user_excluded)
+                       space_group=space_group, unit_cell=cell, s0c=s0c, s1c=s1c, user_excluded=user_excluded,
+                       dataset_cells=[e.crystal.unit_cell for e in experiments])
     cut = params.cut_data
     excluded = excluded_for_scaling(data, cut.d_min, cut.d_max, cut.partiality_cutoff, cut.min_isigi)
     table.set_flags(excluded, Flags.excluded_for_scaling)
