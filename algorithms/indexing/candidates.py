@@ -9,7 +9,8 @@ Sauter et al. 2004, J. Appl. Cryst. 37, 399–409.)
 
 A basis that is a supercell of the true lattice indexes the spots with a systematic
 "absence": v·h ≡ 0 (mod m) for most h; the sub-cell is then taken (rstbx/DIALS
-``detect_non_primitive_basis``, sys_absent_threshold 0.9).
+``detect_non_primitive_basis``, sys_absent_threshold 0.9).  ewald tests every sublattice of
+prime index m ≤ 7, so that repeated corrections remove any supercell of index ≤ 10.
 """
 from __future__ import annotations
 
@@ -88,32 +89,49 @@ def candidate_crystals(
 # ------------------------------------------------------------------ non-primitive-basis correction
 
 
+SUPERCELL_PRIMES = (2, 3, 5, 7)  # every index ≤ 10 is a product of these: composite ones go step by step
+
+
 @lru_cache(maxsize=1)
 def _absence_tests() -> list[tuple[np.ndarray, int, np.ndarray]]:
-    """(v, m, T) for v·h ≡ 0 (mod m): T (integer, det m) has columns spanning {h : v·h ≡ 0 mod m}."""
-    box = range(-2, 3)
-    vs = [np.array(v) for v in itertools.product(box, box, box)
-          if 0 < sum(x * x for x in v) <= 6 and np.gcd.reduce(np.abs(v)) == 1]
-    # one of ±v
-    vs = [v for v in vs if tuple(v) > tuple(-v)]
-    small = np.array([h for h in itertools.product(range(-3, 4), repeat=3) if any(h)])
-    small = small[np.argsort(np.sum(small**2, axis=1), kind="stable")]
+    """(v, m, T) for v·h ≡ 0 (mod m): T (integer, det m) has columns spanning {h : v·h ≡ 0 mod m}.
+
+    For a prime m every sublattice of index m is such a set, one per point v of the projective
+    plane over Z/m (m² + m + 1 of them); v is taken with components in [−m/2, m/2] and the
+    tests are ordered by m, then |v|.  DIALS tests only m ∈ {2, 3, 5} with |v|² ≤ 6, which
+    misses index 7 and some index-5 supercells.
+    """
     tests = []
-    for m in (2, 3, 5):
-        for v in vs:
-            members = small[(small @ v) % m == 0]
-            basis = _sublattice_basis(members, m)
-            if basis is not None:
-                tests.append((v, m, basis))
+    for m in SUPERCELL_PRIMES:
+        half = m // 2
+        box = range(-half, half + 1)
+        seen = set()
+        vs = []
+        for v in sorted(itertools.product(box, box, box), key=lambda v: (sum(x * x for x in v), v)):
+            if not any(v):
+                continue
+            k = next(i for i in range(3) if v[i] % m)
+            normalised = tuple((x * pow(v[k], -1, m)) % m for x in v)  # the projective point
+            if normalised not in seen:
+                seen.add(normalised)
+                vs.append(np.array(v))
+        tests.extend((v, m, _sublattice_basis(v, m)) for v in vs)
     return tests
 
 
-def _sublattice_basis(members: np.ndarray, index: int) -> np.ndarray | None:
-    for i, j, k in itertools.combinations(range(min(len(members), 30)), 3):
-        T = np.column_stack([members[i], members[j], members[k]])
-        if round(abs(np.linalg.det(T))) == index:
-            return T if np.linalg.det(T) > 0 else T[:, [1, 0, 2]]
-    return None
+def _sublattice_basis(v: np.ndarray, m: int) -> np.ndarray:
+    """Columns spanning {h : v·h ≡ 0 (mod m)} for prime m: with v_k invertible mod m,
+    e_i − (v_i/v_k mod m)·e_k for i ≠ k and m·e_k (Hermite normal form; det = m)."""
+    k = next(i for i in range(3) if v[i] % m)
+    inverse = pow(int(v[k]), -1, m)
+    T = np.zeros((3, 3), np.int64)
+    for i in range(3):
+        if i == k:
+            T[k, i] = m
+        else:
+            T[i, i] = 1
+            T[k, i] = -((int(v[i]) * inverse) % m)
+    return T if np.linalg.det(T) > 0 else T[:, [1, 0, 2]]
 
 
 @lru_cache(maxsize=1)

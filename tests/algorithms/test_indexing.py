@@ -7,6 +7,7 @@ from algorithms.errors import DataError
 from algorithms.geometry.models import Crystal
 from algorithms.indexing import (
     assign_indices,
+    correct_non_primitive_basis,
     detect_non_primitive_basis,
     estimate_max_cell,
     fft3d_candidate_vectors,
@@ -98,6 +99,30 @@ def test_detect_non_primitive_basis_on_doubled_cell():
     assert T is not None and round(abs(np.linalg.det(T))) == 2
     assert np.all((np.linalg.inv(T) @ doubled_hkl.T) % 1 < 1e-9)  # all h lie on the sublattice
     assert detect_non_primitive_basis(sim.true_hkl) is None
+
+
+SCRAMBLE = np.array([[1, 1, 0], [0, 1, 2], [1, 0, -1]])  # det −1: a skewed basis of the same lattice
+
+
+@pytest.mark.parametrize("index_matrix", [np.diag([7, 1, 1]), np.diag([1, 5, 1]) @ SCRAMBLE, np.diag([2, 2, 1]),
+                                          np.diag([3, 3, 1]), np.diag([2, 5, 1]) @ SCRAMBLE, np.diag([1, 2, 3]),
+                                          SCRAMBLE.T @ np.diag([7, 1, 1]) @ SCRAMBLE])
+def test_correct_non_primitive_basis_removes_supercells_of_any_index_up_to_10(index_matrix):
+    """A supercell M' = S·M (S integer, det 2…10, any orientation of the sublattice) indexes the
+    true spots with h' = S·h; the correction must come back to the true lattice."""
+    sim = simulate_spots(TRICLINIC, noise_px=0.0, noise_images=0.0, n_spots=400)
+    true_A = sim.crystal.A
+    S = np.asarray(index_matrix)
+    supercell = Crystal(A=true_A @ np.linalg.inv(S), space_group=sim.crystal.space_group)
+    rlp = sim.true_hkl @ true_A.T
+
+    def reindex(crystal):
+        h = np.linalg.solve(crystal.A, rlp.T).T
+        return np.rint(h[np.all(np.abs(h - np.rint(h)) < 1e-6, axis=1)]).astype(int)
+
+    corrected, _ = correct_non_primitive_basis(supercell, reindex)
+    T = np.linalg.inv(corrected.A) @ true_A
+    assert np.allclose(T, np.rint(T), atol=1e-6) and round(abs(np.linalg.det(np.rint(T)))) == 1
 
 
 def test_score_candidates_weighted_formula():
