@@ -71,15 +71,10 @@ def predict_reflections(
     d = d[keep]
     axis_lab = gonio.rotation_axis_lab
     e1, e2, _, zeta = kabsch_frame(pred.s1, s0, axis_lab)
-    bbox = compute_bboxes(pred.s1, pred.phi_rad, e1, e2, zeta, det, scan, profile.sigma_b_deg,
-                          profile.sigma_m_deg, profile.n_sigma, sigma_b_multiplier)
-    masks, mask_offsets = kernels.foreground_masks(
-        np.ascontiguousarray(bbox, dtype=np.int64), e1, e2, det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0],
-        det.pixel_size[1], np.radians(profile.n_sigma * profile.sigma_b_deg))
     is_electron = beam.probe == "electron" or (beam.probe is None and beam.wavelength < 0.1)
     lp = lorentz_polarisation(pred.s1, s0, axis_lab, beam.polarization_normal, beam.polarization_fraction,
                               apply_polarisation=not is_electron)
-    return {
+    predicted = {
         "miller_index": pred.miller_index,
         "s1": pred.s1,
         "entering": pred.entering,
@@ -89,13 +84,26 @@ def predict_reflections(
         "e1": e1,
         "e2": e2,
         "zeta": zeta,
-        "bbox": bbox,
-        "partiality": partiality(pred.phi_rad, zeta, bbox, scan, profile.sigma_m_deg),
         "lp": lp,
         "dont_integrate": np.abs(zeta) < min_zeta,
-        "foreground_masks": masks,
-        "foreground_mask_offsets": mask_offsets,
     }
+    return with_profile_model(predicted, experiment, profile, sigma_b_multiplier)
+
+
+def with_profile_model(predicted: dict[str, np.ndarray], experiment: Experiment, profile: ProfileModel,
+                       sigma_b_multiplier: float = 2.0) -> dict[str, np.ndarray]:
+    """The predictions with the parts that depend on the profile model (re)computed: bounding
+    boxes, partialities and foreground masks."""
+    det, scan = experiment.detector, experiment.scan
+    e1, e2, zeta = predicted["e1"], predicted["e2"], predicted["zeta"]
+    phi = predicted["xyzcal.mm"][:, 2]
+    bbox = compute_bboxes(predicted["s1"], phi, e1, e2, zeta, det, scan, profile.sigma_b_deg,
+                          profile.sigma_m_deg, profile.n_sigma, sigma_b_multiplier)
+    masks, mask_offsets = kernels.foreground_masks(
+        np.ascontiguousarray(bbox, dtype=np.int64), e1, e2, det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0],
+        det.pixel_size[1], np.radians(profile.n_sigma * profile.sigma_b_deg))
+    return {**predicted, "bbox": bbox, "partiality": partiality(phi, zeta, bbox, scan, profile.sigma_m_deg),
+            "foreground_masks": masks, "foreground_mask_offsets": mask_offsets}
 
 
 def pixel_validity_mask(experiment: Experiment) -> np.ndarray:
@@ -134,7 +142,13 @@ def integrate_image_block(
     delta_b = np.radians(profile.n_sigma * profile.sigma_b_deg)
     bbox_all = np.ascontiguousarray(predicted["bbox"], dtype=np.int64)
     masks, mask_offsets = predicted["foreground_masks"], predicted["foreground_mask_offsets"]
-    claimed = kernels.paint_foreground(images.shape, int(z_first), bbox_all, masks, mask_offsets)
+    # only reflections whose boxes meet one of these rows' can claim voxels the rows use; for a
+    # few rows (the reference pass) painting just those is much cheaper
+    painted = (kernels.boxes_meeting(bbox_all, bbox_all[rows]) if 8 * len(rows) < len(bbox_all)
+               else np.arange(len(bbox_all)))
+    painted_masks, painted_offsets = ragged_take(masks, mask_offsets, painted)
+    claimed = kernels.paint_foreground(images.shape, int(z_first), np.ascontiguousarray(bbox_all[painted]),
+                                       painted_masks, painted_offsets)
     mine = {k: v[rows] for k, v in predicted.items() if not k.startswith("foreground_mask")}
     mine_masks, mine_offsets = ragged_take(masks, mask_offsets, rows)
     ref_rows = np.intersect1d(rows, reference_rows)

@@ -340,6 +340,19 @@ def foreground_masks(bbox, e1, e2, origin, fast, slow, pixel_size_x, pixel_size_
 
 
 @numba.njit(cache=True, nogil=True)
+def boxes_meeting(boxes, targets):
+    """Indices of ``boxes`` (n, 6; half-open x0, x1, y0, y1, z0, z1) that overlap any of ``targets``."""
+    keep = np.zeros(boxes.shape[0], dtype=np.bool_)
+    for i in range(boxes.shape[0]):
+        for j in range(targets.shape[0]):
+            if (boxes[i, 0] < targets[j, 1] and targets[j, 0] < boxes[i, 1] and boxes[i, 2] < targets[j, 3]
+                    and targets[j, 2] < boxes[i, 3] and boxes[i, 4] < targets[j, 5] and targets[j, 4] < boxes[i, 5]):
+                keep[i] = True
+                break
+    return np.nonzero(keep)[0]
+
+
+@numba.njit(cache=True, nogil=True)
 def paint_foreground(shape, z_first, bbox, masks, mask_offsets):
     """How many reflections claim each voxel of an image block (nz, ny, nx) as foreground, so that
     no reflection takes another's foreground as its background (DIALS' image-volume integrators)."""

@@ -24,6 +24,7 @@ from algorithms.integration.integrate import (
     ProfileModel,
     fit_reference_profiles,
     refine_profile_model,
+    with_profile_model,
     integrate_image_block,
     pixel_validity_mask,
     predict_reflections,
@@ -142,12 +143,17 @@ def _chunk_bounds(n_images: int, chunk_images: int) -> list[tuple[int, int]]:
 
 
 def prepare(experiment: Experiment, reflections: ReflectionTable, params: Params,
-            profile: ProfileModel | None = None, estimate: dict | None = None) -> dict:
-    """Profile model (estimated unless given), predictions and which task owns each reflection."""
+            profile: ProfileModel | None = None, estimate: dict | None = None,
+            predicted: dict | None = None) -> dict:
+    """Profile model (estimated unless given), predictions (made unless given; their boxes and
+    masks always for this profile model) and which task owns each reflection."""
     if profile is None:
         profile, estimate = _profile_model(experiment, reflections, params)
-    predicted = predict_reflections(experiment, profile, params.prediction.d_min, params.prediction.d_max,
-                                    params.filter.min_zeta, params.profile.sigma_b_multiplier)
+    if predicted is None:
+        predicted = predict_reflections(experiment, profile, params.prediction.d_min, params.prediction.d_max,
+                                        params.filter.min_zeta, params.profile.sigma_b_multiplier)
+    else:
+        predicted = with_profile_model(predicted, experiment, profile, params.profile.sigma_b_multiplier)
     z0_scan = experiment.scan.array_range[0]
     bounds = _chunk_bounds(experiment.scan.num_images, params.chunk_images)
     starts = np.array([b[0] for b in bounds])
@@ -224,7 +230,7 @@ def refine(prep: dict, chunk_results: list, experiment: Experiment, reflections:
     estimate = {**prep["estimate"], "dials_sigma_b_deg": first.sigma_b_deg, "dials_sigma_m_deg": first.sigma_m_deg,
                 "n_refined_from": refined["n_references"]}
     profile = ProfileModel(refined["sigma_b_deg"], refined["sigma_m_deg"], first.n_sigma)
-    return prepare(experiment, reflections, params, profile, estimate)
+    return prepare(experiment, reflections, params, profile, estimate, prep["predicted"])
 
 
 def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections: ReflectionTable,
