@@ -270,7 +270,7 @@ def _distance_task(experiment: Experiment, strong: ReflectionTable, axis, params
     experiment = experiment.copy()
     if axis is not None:
         experiment.goniometer.rotation_axis = np.asarray(axis, dtype=float)
-    ix = replace_parameter(params.index, "indexing.known_symmetry.space_group", None)
+    ix = replace_parameter(_step_params(params, experiment)[1], "indexing.known_symmetry.space_group", None)
     indexed = index.run([experiment], strong, replace_parameter(ix, "indexing.known_symmetry.unit_cell", None))
     calibration = calibrate_distance.calibrate_distance(
         [(indexed.experiments[0], indexed.reflections)], tuple(params.unit_cell), tuple(params.unit_cell_sigmas),
@@ -287,6 +287,25 @@ def consensus_axis(axes: list[np.ndarray]) -> np.ndarray:
     mean = (axes * signs[:, None]).mean(axis=0)
     mean /= np.linalg.norm(mean)
     return -mean if np.sum(signs < 0) > np.sum(signs > 0) else mean
+
+
+def starting_distance_mm(experiment: Experiment, d_edge_range=(0.5, 20.0), d_edge_default: float = 2.0) -> float:
+    """A distance to start ``distance=auto`` from: the header's if it puts the panel edge at a
+    diffraction resolution any experiment could have (0.5–20 Å), else the distance that puts the
+    inscribed edge at 2 Å. Headers are often wrong by orders of magnitude (the Timepix writer
+    stores "2.193" for ~2 m); for a flat Ewald sphere the cell found then scales with the distance,
+    so any start in the working range leads to the same calibrated distance."""
+    det, beam = experiment.detector, experiment.beam
+    cx, cy = det.beam_centre_mm(beam.s0)
+    width, height = det.image_size_mm
+    r_edge = min(cx, cy, width - cx, height - cy)
+    if r_edge <= 0:
+        return det.distance_mm
+    def d_at_edge(distance):
+        return beam.wavelength / (2 * np.sin(np.arctan2(r_edge, abs(distance)) / 2))
+    if d_edge_range[0] <= d_at_edge(det.distance_mm) <= d_edge_range[1]:
+        return det.distance_mm
+    return float(r_edge / np.tan(2 * np.arcsin(beam.wavelength / (2 * d_edge_default))))
 
 
 def _gather(client, tasks: dict, step: str) -> tuple[dict, dict[str, DatasetFailure]]:
@@ -415,6 +434,15 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
         find_axis, find_distance = params.goniometer.axis == "auto", params.distance == "auto"
         if find_axis or find_distance:
             t0 = time.perf_counter()
+            if find_distance:
+                for name, experiment in experiments.items():
+                    start_mm = starting_distance_mm(experiment)
+                    if start_mm != experiment.detector.distance_mm:
+                        logger.info("%s: header distance %.4g mm is implausible; starting the calibration from %.0f mm",
+                                    name, experiment.detector.distance_mm, start_mm)
+                        experiment = experiment.copy()
+                        experiment.detector.set_distance_mm(start_mm)
+                        experiments[name] = experiment
             calibration, failures = _first_pass(experiments, params, active, find_axis, find_distance)
             for name, failure in failures.items():
                 outcomes[name].failure = failure
