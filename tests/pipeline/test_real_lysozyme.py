@@ -88,7 +88,7 @@ def test_tetragonal_setting_and_refinement_match_dials(crystal_14, bench):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-11-28: merged CC with DIALS 0.36–0.62 on ~4000 common reflections (needs ≥ 0.9); "
+    "measured 2026-11-28: merged CC with DIALS 0.36–0.73 on ~4000 common reflections (0.6 for d < 20 Å; needs ≥ 0.9); "
     "integration σb 1.4–1.9× DIALS' (foregrounds include neighbouring spots 8.7 px apart), crystal 14 "
     "loses its signal on images 40–49 (scan-varying model off by 1–3 images there), and scaling is "
     "dominated by a few very strong low-resolution reflections (CC½ 1.000 from them alone)"))
@@ -101,3 +101,16 @@ def test_two_crystals_scaled_and_merged_agree_with_dials(bench, tmp_path):
     assert combined["vs_dials"]["cc"] >= 0.9
     assert combined["merging"]["cc_half"] >= dials["cc_half"]  # 0.956
     assert combined["merging"]["completeness"] >= dials["completeness"]  # 48.6 % to 2.49 Å
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured 2026-11-28 (8501219+): ewald process gives CC with DIALS 0.92 (d < 20 Å), completeness "
+    "53.9 % and multiplicity 4.5, but CC½ 0.85–0.86 < DIALS' 0.956; its error model is never fitted "
+    "(min_Ih=25 above every scaled intensity) and crystal 14's scale falls to ~0.1 on its last images"))
+def test_process_on_two_crystals_is_at_least_as_good_as_dials(bench, tmp_path):
+    result = bench.process_run(tmp_path)
+    dials = bench.dials_merging()
+    assert result["vs_dials"]["cc"] >= 0.9 and result["vs_dials"]["cc_d_below_20A"]["cc"] >= 0.9
+    assert result["merging"]["completeness"] >= dials["completeness"]
+    assert result["merging"]["cc_half"] >= dials["cc_half"]
