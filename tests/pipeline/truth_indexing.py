@@ -9,10 +9,13 @@ from algorithms.geometry.prediction import predict_rotation, predict_rotation_sc
 from algorithms.reflection_table import Flags, ReflectionTable
 
 
-def index_with_truth(experiment: Experiment, strong: ReflectionTable, tolerance: float = 0.3) -> ReflectionTable:
+def index_with_truth(experiment: Experiment, strong: ReflectionTable, tolerance: float = 0.3,
+                     max_offset_px: float = 3.0, max_offset_images: float = 2.0) -> ReflectionTable:
     """Assign Miller indices from the true A, flag indexed, and add xyzcal.* and entering from
     the true model's predictions (matched on h and the nearer crossing; the scan-varying
-    predictor when the crystal has scan points, as DIALS predicts from a refined model)."""
+    predictor when the crystal has scan points, as DIALS predicts from a refined model).
+    Spots further than ``max_offset_px`` / ``max_offset_images`` from their prediction stay
+    unindexed (a wrong h rounded within ``tolerance``, or a refined rather than true model)."""
     beam, det, gonio, scan, crystal = (experiment.beam, experiment.detector, experiment.goniometer,
                                        experiment.scan, experiment.crystal)
     table = strong.copy()
@@ -36,6 +39,9 @@ def index_with_truth(experiment: Experiment, strong: ReflectionTable, tolerance:
     order = np.lexsort((dz, source))
     first = np.unique(source[order], return_index=True)[1]
     best = order[first]
+    offset = pred.xyzcal_px[best] - xyz[source[best]]
+    close = (np.hypot(offset[:, 0], offset[:, 1]) <= max_offset_px) & (np.abs(offset[:, 2]) <= max_offset_images)
+    best = best[close]
     xyzcal_px[source[best]] = pred.xyzcal_px[best]
     xyzcal_mm[source[best]] = pred.xyzcal_mm[best]
     entering[source[best]] = pred.entering[best]
