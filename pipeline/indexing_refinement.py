@@ -4,7 +4,8 @@
 dials.index refines twice over (algorithms.md §4.4–4.6):
 
 - each candidate lattice gets a short static refinement from the *imported* geometry (at most
-  4 iterations, 20 reflections per degree, auto-reduction "fix"), only to rank the candidates;
+  4 iterations, 20 reflections per degree, auto-reduction "fix", Tukey outliers with the IQR
+  multiplier 3.0 over the whole scan, no φ blocks), only to rank the candidates;
 - the chosen lattice goes through macro-cycles of index + refine at increasing resolution, and
   every macro-cycle starts from the beam, detector and goniometer the previous one refined; the
   reciprocal-lattice points are recomputed after each geometry change.
@@ -25,9 +26,10 @@ from algorithms.refinement import RefinementOptions, RefinementResult, observati
 from algorithms.refinement.reflection_manager import entering_flags, observed_s1
 from algorithms.reflection_table import ReflectionTable
 
-# DIALS' candidate refinement (indexing.basis_vector_combinations): short and sparse
+# DIALS' candidate refinement (indexing.basis_vector_combinations): short and sparse, lenient outliers
 CANDIDATE_MAX_ITERATIONS = 4
 CANDIDATE_REFLECTIONS_PER_DEGREE = 20.0
+CANDIDATE_TUKEY_IQR_MULTIPLIER = 3.0
 
 
 def candidate_options(options: RefinementOptions) -> RefinementOptions:
@@ -35,6 +37,7 @@ def candidate_options(options: RefinementOptions) -> RefinementOptions:
     return RefinementOptions(
         beam_fix=options.beam_fix, crystal_fix=options.crystal_fix, detector_fix=options.detector_fix,
         goniometer_fix=options.goniometer_fix, outlier_algorithm=options.outlier_algorithm,
+        outlier_iqr_multiplier=CANDIDATE_TUKEY_IQR_MULTIPLIER, outlier_block_width_deg=None,
         max_iterations=CANDIDATE_MAX_ITERATIONS, reflections_per_degree=CANDIDATE_REFLECTIONS_PER_DEGREE,
         close_to_spindle_cutoff=options.close_to_spindle_cutoff, auto_reduction_action="fix",
         min_nref_per_parameter=options.min_nref_per_parameter, engine=options.engine)

@@ -29,7 +29,8 @@ from algorithms.indexing.candidates import (
     same_lattice,
 )
 from algorithms.indexing.fft1d import fft1d_candidate_vectors
-from algorithms.indexing.fft3d import MIN_CELL, fft3d_candidate_vectors
+from algorithms.indexing.fft3d import MIN_CELL, fft3d_candidate_vectors, nearest_5_smooth
+from algorithms.indexing.fft3d import fft_d_min as grid_d_min
 from algorithms.indexing.known_symmetry import MAX_DELTA_DEG, apply_known_symmetry
 from algorithms.indexing.max_cell import estimate_max_cell, max_cell_from_unit_cell
 from algorithms.indexing.scoring import score_candidates
@@ -51,6 +52,8 @@ class Candidate:
     rmsds: tuple | None
     cb_op: ChangeOfBasis  # from the Niggli P1 candidate to the crystal's setting
     rlp: np.ndarray
+    p1_crystal: Crystal  # the Niggli P1 candidate before a known symmetry was applied (``start_crystal``)
+    outlier_mask: np.ndarray  # rows the candidate's refinement rejected as centroid outliers
 
     @property
     def n_indexed(self) -> int:
@@ -71,21 +74,22 @@ class IndexingResult:
     rlp: np.ndarray
     cb_op: ChangeOfBasis | None = None  # P1 candidate → known-symmetry setting
     cycles: list[dict] = field(default_factory=list)  # per macro-cycle: d_min, n_indexed, n_considered
+    candidates: list[Candidate] = field(default_factory=list)  # the evaluated candidates, ranked as candidates_table
 
 
 def _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine):
-    """One refinement of a candidate; returns (crystal, rmsd, rmsds, mask, rlp)."""
+    """One refinement of a candidate; returns (crystal, rmsd, rmsds, mask, rlp, outliers)."""
     if refine is not None:
         out = refine(crystal, mask, hkl)
         crystal, rmsds, outliers = out[:3]
         if len(out) > 3:
             rlp = out[3]
-        mask = mask & ~np.asarray(outliers, bool)
-        return crystal, float(np.hypot(rmsds[0], rmsds[1])), tuple(rmsds), mask, rlp
+        outliers = mask & np.asarray(outliers, bool)
+        return crystal, float(np.hypot(rmsds[0], rmsds[1])), tuple(rmsds), mask & ~outliers, rlp, outliers
     fitted = Crystal(A=fit_a_matrix(rlp[mask], hkl[mask]), space_group=crystal.space_group)
     if space_group is not None and space_group.number > 1:
         fitted = symmetrize_crystal(fitted, space_group)
-    return fitted, rlp_rmsd(rlp[mask], hkl[mask], fitted.A), None, mask, rlp
+    return fitted, rlp_rmsd(rlp[mask], hkl[mask], fitted.A), None, mask, rlp, np.zeros(len(mask), bool)
 
 
 def index_reflections(
@@ -112,6 +116,7 @@ def index_reflections(
     bboxes: np.ndarray | None = None,
     imageset_id: np.ndarray | None = None,
     workers: int = 1,
+    start_crystal: Crystal | None = None,
 ) -> IndexingResult:
     """Index one sweep's spots given their reciprocal-lattice points (φ = 0 frame).
 
@@ -121,6 +126,10 @@ def index_reflections(
     (known_symmetry.max_delta).  ``refine`` runs in the macro-cycles and, unless
     ``refine_candidate`` is given (DIALS' shorter refinement of each candidate), also in the
     candidate evaluation.
+
+    ``start_crystal`` (a P1 crystal, e.g. ``result.candidates[k].p1_crystal`` of an earlier run
+    on the same spots) skips the basis-vector search: that lattice alone is evaluated and goes
+    through the macro-cycles — how a caller retries the next-ranked candidate.
     """
     rlp = np.asarray(rlp, float)
     if len(rlp) < 10:
@@ -137,7 +146,11 @@ def index_reflections(
             max_cell = max_cell_from_unit_cell(known_unit_cell, known_space_group)
         else:
             max_cell = estimate_max_cell(rlp, phi_rad, entering, bboxes=bboxes, imageset_id=imageset_id)
-    if method == "fft3d":
+    if start_crystal is not None:
+        # the d_min the search would have set, for the macro-cycles
+        d_min_start = grid_d_min(max_cell, nearest_5_smooth(n_points), d) if method == "fft3d" else float(d.min())
+        vectors, info = np.zeros((0, 3)), {"d_min": fft_d_min or d_min_start, "n_centroids": 0}
+    elif method == "fft3d":
         vectors, _, info = fft3d_candidate_vectors(rlp, d, max_cell, n_points=n_points, d_min=fft_d_min,
                                                    b_iso=b_iso, min_cell=min_cell, workers=workers)
     elif method == "fft1d":
@@ -153,7 +166,8 @@ def index_reflections(
     evaluated_lattices = np.zeros((0, 3, 3))  # inverses of the real-space bases already evaluated
     evaluated_ok: list[bool] = []
     n_counted = 0
-    for p1_crystal in candidate_crystals(vectors, max_candidates=10 * max_refine):
+    p1_crystals = [start_crystal] if start_crystal is not None else candidate_crystals(vectors, 10 * max_refine)
+    for p1_crystal in p1_crystals:
         corrected = _primitive_candidate(p1_crystal, rlp, d, phi_rad, considered, hkl_tolerance, min_cell_volume)
         if corrected is None:
             continue
@@ -206,7 +220,8 @@ def index_reflections(
     return IndexingResult(crystal=crystal, miller_index=hkl, indexed_mask=mask, candidates_table=table,
                           max_cell=float(max_cell), d_min_fft=d_min_fft, n_centroids=info["n_centroids"],
                           basis_vectors=vectors, rmsds=rmsds, rlp=cycle_rlp,
-                          cb_op=best.cb_op if known_space_group is not None else None, cycles=cycles)
+                          cb_op=best.cb_op if known_space_group is not None else None, cycles=cycles,
+                          candidates=[candidates[i] for i in order])
 
 
 def _primitive_candidate(crystal, rlp, d, phi_rad, considered, tolerance, min_cell_volume) -> Crystal | None:
@@ -222,6 +237,7 @@ def _primitive_candidate(crystal, rlp, d, phi_rad, considered, tolerance, min_ce
 
 def _evaluate(crystal, rlp, d, phi_rad, considered, space_group, unit_cell, max_delta_deg, tolerance,
               refine) -> Candidate | None:
+    p1_crystal = crystal
     cb_op = ChangeOfBasis.identity()
     if space_group is not None or unit_cell is not None:
         known = apply_known_symmetry(crystal, space_group, unit_cell, max_delta_deg)
@@ -232,13 +248,13 @@ def _evaluate(crystal, rlp, d, phi_rad, considered, space_group, unit_cell, max_
     if mask.sum() < 10:
         return None
     try:
-        crystal, rmsd, rmsds, mask, rlp = _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine)
+        crystal, rmsd, rmsds, mask, rlp, outliers = _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine)
     except DataError:
         return None
     if refine is None:
         hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad, d, candidates_mask=considered)
         rmsd = rlp_rmsd(rlp[mask], hkl[mask], crystal.A)
-    return Candidate(crystal, hkl, mask, rmsd, rmsds, cb_op, rlp)
+    return Candidate(crystal, hkl, mask, rmsd, rmsds, cb_op, rlp, p1_crystal, outliers)
 
 
 def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance, refine, n_cycles):
@@ -252,7 +268,7 @@ def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance
         considered = d > d_min if i < n_cycles - 1 else np.ones(len(d), bool)
         hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad, d, candidates_mask=considered)
         volume_before = crystal.unit_cell.volume
-        crystal, _, rmsds, mask, rlp = _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine)
+        crystal, _, rmsds, mask, rlp, _ = _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine)
         if abs(crystal.unit_cell.volume - volume_before) / volume_before > 0.5:
             raise DataError("Unrealistic unit cell volume increase during refinement; check the geometry and max_cell")
         cycles.append({"d_min": d_min, "n_indexed": int(mask.sum()), "n_considered": int(considered.sum())})

@@ -9,9 +9,11 @@ Tukey outliers, 100 reflections per degree; ``detector.fix=distance goniometer.f
 into the known symmetry as DIALS' ``known_symmetry`` does.
 
 Beyond DIALS (DESIGN.md): indexing checks its own answer. If the chosen solution's RMSDs are
-poor, too few spots index, or its cell disagrees with a known cell, the sweep is indexed again
-with the rotation axis reversed, with the axis refined (both senses) and with the other
-basis-vector search; the best acceptable attempt wins, and the summary records every attempt.
+poor, too few spots index, or its cell disagrees with a known cell, the next-ranked candidate
+lattices are indexed, then the sweep is indexed again with the rotation axis reversed, with the
+axis refined (both senses) and with the other basis-vector search; the best acceptable attempt
+wins, and the summary records every attempt. A solution whose cell is an integer multiple of a
+candidate's that indexed a fair share of spots is retried from that smaller lattice.
 If none fits, a cell that disagrees is an error (DataError) and poor RMSDs are a warning.
 
 indexed.refl holds every strong spot: ``miller_index`` and ``id`` (−1 unindexed), ``xyzcal.px``
@@ -21,6 +23,7 @@ every other strong-spot column are kept.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
@@ -31,7 +34,7 @@ import numpy as np
 
 from algorithms.errors import DataError
 from algorithms.geometry.models import Crystal, Experiment
-from algorithms.indexing import index_reflections
+from algorithms.indexing import Candidate, index_reflections
 from algorithms.indexing.known_symmetry import cells_match
 from algorithms.refinement import RefinementOptions
 from algorithms.reflection_table import Flags, ReflectionTable
@@ -106,7 +109,8 @@ class Indexing:
 
 @dataclass
 class SelfCheck:
-    enabled: bool = param(True, "Check the solution and retry (axis reversed, axis refined, fft1d) if it is poor (ewald).")
+    enabled: bool = param(True, "Check the solution and retry (next candidate lattices, axis reversed, axis refined, "
+                                "fft1d) if it is poor (ewald).")
     max_rmsd_xy_px: float = param(2.0, "A solution with RMSD_X or RMSD_Y above this (pixels) is poor.")
     max_rmsd_z_images: float = param(0.5, "A solution with RMSD_Z above this (images) is poor.")
     min_fraction_indexed: float = param(0.5, "A solution indexing fewer of the strong spots than this is poor.")
@@ -189,6 +193,7 @@ class SweepIndexing:
     experiment: Experiment  # refined geometry with the crystal
     table: ReflectionTable  # the sweep's strong spots with the indexing columns
     summary: dict = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)  # ranked as summary["candidates"]
 
     @property
     def n_indexed(self) -> int:
@@ -218,8 +223,12 @@ def _refinement_record(result) -> dict:
             "crystal": _crystal_record(result.experiment.crystal, result.cell_esds)}
 
 
-def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: IndexingSettings) -> SweepIndexing:
-    """Index one sweep's strong spots (all rows of ``strong`` belong to it); pure function."""
+def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: IndexingSettings,
+                start_crystal: Crystal | None = None) -> SweepIndexing:
+    """Index one sweep's strong spots (all rows of ``strong`` belong to it); pure function.
+
+    ``start_crystal`` (a candidate's ``p1_crystal``) skips the basis-vector search and indexes
+    that lattice."""
     if experiment.scan is None or experiment.goniometer is None:
         raise DataError("indexing needs a rotation sweep (scan and goniometer); give the imported.expt of a sweep")
     xyz = np.asarray(strong["xyzobs.px.value"], float).reshape(-1, 3)
@@ -235,7 +244,7 @@ def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: Index
         refine_candidate=candidate, max_delta_deg=settings.max_delta_deg, hkl_tolerance=settings.hkl_tolerance,
         max_refine=settings.max_refine, n_macro_cycles=settings.n_macro_cycles, n_points=settings.n_points,
         fft_d_min=settings.fft_d_min, min_cell=settings.min_cell, min_cell_volume=settings.min_cell_volume,
-        bboxes=bboxes)
+        bboxes=bboxes, start_crystal=start_crystal)
     final = macro.results[-1]
     refined = macro.experiment.replace(crystal=result.crystal)
     # the last macro-cycle's assignment, in the basis of the returned crystal (P1 cells are
@@ -262,7 +271,7 @@ def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: Index
         "rotation_axis": refined.goniometer.rotation_axis.tolist(),
         "distance_mm": refined.detector.distance_mm,
     }
-    return SweepIndexing(refined, table, summary)
+    return SweepIndexing(refined, table, summary, result.candidates)
 
 
 def _indexed_table(strong: ReflectionTable, experiment: Experiment, macro: IndexingRefiner, final,
@@ -313,17 +322,18 @@ def solution_problems(outcome: SweepIndexing, settings: IndexingSettings, check:
 
 SUPERCELL_RATIO_TOLERANCE = 0.05
 SUPERCELL_MIN_FRACTION = 0.3  # a smaller candidate must index at least this before its retry
+NEXT_CANDIDATES = 2  # next-ranked candidate lattices retried when the chosen one is poor
 
 
-def smaller_candidate_cell(outcome: SweepIndexing) -> tuple[float, ...] | None:
-    """The cell of a candidate whose volume is the chosen cell's divided by an integer ≥ 2 (a
-    supercell the non-primitive-basis test did not remove), if one indexed a fair share of spots."""
+def smaller_candidate(outcome: SweepIndexing) -> Candidate | None:
+    """A candidate whose volume is the chosen cell's divided by an integer ≥ 2 (a supercell the
+    non-primitive-basis test did not remove), if it indexed a fair share of spots."""
     volume = outcome.experiment.crystal.unit_cell.volume
-    for candidate in outcome.summary["candidates"]:
-        ratio = volume / candidate["volume"]
+    for candidate, row in zip(outcome.candidates, outcome.summary["candidates"]):
+        ratio = volume / row["volume"]
         if (ratio > 1.5 and abs(ratio - round(ratio)) < SUPERCELL_RATIO_TOLERANCE * ratio
-                and candidate["fraction_indexed"] >= SUPERCELL_MIN_FRACTION):
-            return tuple(candidate["unit_cell"])
+                and row["fraction_indexed"] >= SUPERCELL_MIN_FRACTION):
+            return candidate
     return None
 
 
@@ -362,23 +372,43 @@ def _quality_key(outcome: SweepIndexing, problems: list[str]) -> tuple:
             - outcome.fraction_indexed)
 
 
-def _prefer_smaller_cell(outcome, problems, label, trial_experiment, strong, trial_settings, settings, check, attempts):
-    """Retry a suspected supercell with the smaller candidate's cell; keep it if it indexes as well."""
-    cell = smaller_candidate_cell(outcome) if settings.unit_cell is None else None
-    if cell is None:
-        return outcome, problems, label
-    smaller_label = f"{label}, smaller candidate cell " + " ".join(f"{v:.1f}" for v in cell)
+def _retry_candidate(label, candidate, trial_experiment, strong, trial_settings, settings, check, attempts):
+    """Index from one of an earlier run's candidate lattices; (outcome, problems) or None."""
     try:
-        smaller = index_sweep(trial_experiment, strong,
-                              replace(trial_settings, unit_cell=gemmi.UnitCell(*cell)))
+        outcome = index_sweep(trial_experiment, strong, trial_settings, start_crystal=candidate.p1_crystal)
     except DataError as error:
-        attempts.append(_attempt_record(smaller_label, None, [], str(error)))
+        attempts.append(_attempt_record(label, None, [], str(error)))
+        return None
+    problems = solution_problems(outcome, settings, check)
+    attempts.append(_attempt_record(label, outcome, problems))
+    return outcome, problems
+
+
+def _cell_label(crystal) -> str:
+    return " ".join(f"{v:.1f}" for v in crystal.unit_cell.parameters)
+
+
+def _prefer_smaller_cell(outcome, problems, label, trial_experiment, strong, trial_settings, settings, check, attempts):
+    """Retry a suspected supercell from the smaller candidate lattice; keep it if it indexes as well."""
+    candidate = smaller_candidate(outcome) if settings.unit_cell is None else None
+    if candidate is None:
         return outcome, problems, label
-    smaller_problems = solution_problems(smaller, settings, check)
-    attempts.append(_attempt_record(smaller_label, smaller, smaller_problems))
-    if len(smaller_problems) <= len(problems) and smaller.n_indexed >= 0.95 * outcome.n_indexed:
-        return smaller, smaller_problems, smaller_label
+    smaller_label = f"{label}, smaller candidate cell {_cell_label(candidate.crystal)}"
+    retried = _retry_candidate(smaller_label, candidate, trial_experiment, strong, trial_settings, settings, check,
+                               attempts)
+    if retried is not None and len(retried[1]) <= len(problems) and retried[0].n_indexed >= 0.95 * outcome.n_indexed:
+        return retried[0], retried[1], smaller_label
     return outcome, problems, label
+
+
+def _next_candidates(outcome, label, trial_experiment, strong, trial_settings, settings, check, attempts):
+    """The next-ranked candidate lattices of a poor solution, indexed in turn: (outcome, problems, label)."""
+    for rank, candidate in enumerate(outcome.candidates[1:1 + NEXT_CANDIDATES], start=2):
+        next_label = f"{label}, candidate {rank} ({_cell_label(candidate.crystal)})"
+        retried = _retry_candidate(next_label, candidate, trial_experiment, strong, trial_settings, settings, check,
+                                   attempts)
+        if retried is not None:
+            yield retried[0], retried[1], next_label
 
 
 def index_with_self_check(experiment: Experiment, strong: ReflectionTable, settings: IndexingSettings,
@@ -399,10 +429,15 @@ def index_with_self_check(experiment: Experiment, strong: ReflectionTable, setti
         attempts.append(_attempt_record(label, outcome, problems))
         outcome, problems, label = _prefer_smaller_cell(outcome, problems, label, trial_experiment, strong,
                                                         trial_settings, settings, check, attempts)
-        key = _quality_key(outcome, problems)
-        if best is None or key < best_key:
-            best, best_key, chosen = outcome, key, label
-        if not problems:
+        next_ones = (_next_candidates(outcome, label, trial_experiment, strong, trial_settings, settings, check,
+                                      attempts) if problems else ())
+        for outcome, problems, label in itertools.chain([(outcome, problems, label)], next_ones):
+            key = _quality_key(outcome, problems)
+            if best is None or key < best_key:
+                best, best_key, chosen = outcome, key, label
+            if not problems:
+                break
+        if best_key[0] == 0:
             break
     if best is None:
         raise first_error

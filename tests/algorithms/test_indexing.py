@@ -190,6 +190,23 @@ def test_index_recovers_true_lattice(cell, space_group, geometry, method):
     assert result.candidates_table[0]["overall_score"] == min(r["overall_score"] for r in result.candidates_table)
 
 
+def test_candidates_are_exposed_and_a_run_can_restart_from_any_of_them():
+    sim = simulate_spots(TRICLINIC, "P 1", seed=4)
+    result = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering)
+    assert len(result.candidates) == len(result.candidates_table) >= 1
+    for candidate, row in zip(result.candidates, result.candidates_table):
+        assert candidate.n_indexed == row["n_indexed"]
+        assert candidate.outlier_mask.shape == (len(sim.rlp),) and not (candidate.outlier_mask & candidate.indexed_mask).any()
+    again = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering, start_crystal=result.candidates[0].p1_crystal)
+    np.testing.assert_allclose(again.crystal.A, result.crystal.A, atol=1e-9)
+    assert again.d_min_fft == pytest.approx(result.d_min_fft) and len(again.candidates) == 1
+    # a given lattice is indexed as given: a sub-cell of half the volume takes about half the spots
+    half = Crystal(A=sim.crystal.A @ np.diag([2.0, 1.0, 1.0]), space_group=sim.crystal.space_group)
+    subcell = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering, start_crystal=half)
+    assert subcell.crystal.unit_cell.volume == pytest.approx(sim.crystal.unit_cell.volume / 2, rel=0.01)
+    assert 0.35 < subcell.indexed_mask.sum() / result.indexed_mask.sum() < 0.65
+
+
 def test_index_with_known_space_group_c2_gives_c2_setting():
     sim = simulate_spots(MYD88_C2, "C 1 2 1", seed=2)
     result = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering, known_space_group="C2")

@@ -103,7 +103,10 @@ def test_space_group_c2_gives_the_true_cell_and_orientation(sweep):
     for M in (np.eye(3), np.diag([-1, 1, -1])):
         R = crystal.U @ np.linalg.inv(truth.crystal.U @ truth.crystal.B @ M @ np.linalg.inv(truth.crystal.B))
         misorientations.append(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
-    assert min(misorientations) < 0.2
+    # goniometer.fix=None with the detector's in-plane rotation free leaves the rotation about the
+    # beam weakly determined: 0.10° with DIALS' candidate Tukey fences at 1.5·IQR in φ blocks,
+    # 0.24° with its real ones (3.0·IQR, one block); 18 MyD88 crystals: max 0.29° vs 0.33°
+    assert min(misorientations) < 0.3
 
 
 def test_the_wrong_rotation_sense_has_the_larger_rmsd_z(sweep):
@@ -149,3 +152,35 @@ def test_cli_writes_dials_files_and_reports(sweep, tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert main(["index", "imported.expt"]) == 2
     assert "one experiment file" in capsys.readouterr().err
+
+
+def _two_lattices(strong, shift_images=12):
+    """The spots plus a copy moved ``shift_images`` later in the scan: a second lattice, the
+    first rotated by that angle about the axis, so that indexing has two candidate lattices."""
+    z = np.asarray(strong["xyzobs.px.value"])[:, 2]
+    copy = strong.select(z < z.max() - shift_images)
+    copy["xyzobs.px.value"] = np.asarray(copy["xyzobs.px.value"]) + [0.0, 0.0, shift_images]
+    both = strong.concat([strong, copy])
+    both["id"] = np.zeros(len(both), np.int32)
+    return both
+
+
+def test_the_self_check_retries_the_next_ranked_candidate_lattices(sweep):
+    experiment, strong, record, _ = sweep
+    strong = _two_lattices(strong)
+    settings = index.settings_from_params(_run(index, ["detector.fix=distance", "goniometer.fix=None"]))
+    first = index.index_sweep(experiment, strong, settings)
+    assert len(first.candidates) == len(first.summary["candidates"]) >= 2
+    # restarting from the chosen candidate's lattice reproduces the solution
+    again = index.index_sweep(experiment, strong, settings, start_crystal=first.candidates[0].p1_crystal)
+    np.testing.assert_allclose(again.experiment.crystal.A, first.experiment.crystal.A, atol=1e-9)
+    # an unattainable RMSD_Z makes every solution poor: the next-ranked lattices are tried, the best kept
+    check = index.SelfCheck(max_rmsd_z_images=0.01)
+    outcome = index.index_with_self_check(experiment, strong, settings, check)
+    attempts = outcome.summary["self_check"]["attempts"]
+    n_next = min(len(first.candidates) - 1, index.NEXT_CANDIDATES)
+    assert [a["attempt"].split(" (")[0] for a in attempts[1:1 + n_next]] == [
+        f"as given, candidate {k}" for k in range(2, 2 + n_next)]
+    second = attempts[1]
+    assert second["unit_cell"] != attempts[0]["unit_cell"] or second["fraction_indexed"] != attempts[0]["fraction_indexed"]
+    assert not outcome.summary["self_check"]["accepted"]
