@@ -69,38 +69,6 @@ def huber_expectations(mu, c):
 
 
 @numba.njit(cache=True, nogil=True)
-def robust_poisson_mean(values, n, tuning_constant=1.345):
-    """Robust Poisson mean of ``values[:n]``: the root in μ of Σψ_c(r_i) = n·E[ψ_c] with Pearson
-    residuals r = (y − μ)/√μ, found by bisection in ln μ (monotone in μ)."""
-    lo_v = 1e300
-    hi_v = 0.0
-    for i in range(n):
-        v = values[i]
-        lo_v = min(lo_v, v)
-        hi_v = max(hi_v, v)
-    if hi_v <= 0.0:
-        return 0.0
-    a = math.log(max(lo_v, 1e-3))
-    b = math.log(hi_v + 1.0)
-    for _ in range(60):
-        m = 0.5 * (a + b)
-        mu = math.exp(m)
-        sigma = math.sqrt(mu)
-        s = 0.0
-        for i in range(n):
-            r = (values[i] - mu) / sigma
-            s += min(max(r, -tuning_constant), tuning_constant)
-        f = s - n * huber_expectations(mu, tuning_constant)[0]
-        if f > 0.0:
-            a = m
-        else:
-            b = m
-        if b - a < 1e-7:
-            break
-    return math.exp(0.5 * (a + b))
-
-
-@numba.njit(cache=True, nogil=True)
 def _solve_spd(H, U, n):
     """Solve H x = U (n ≤ 4, symmetric positive definite) by Cholesky in place of small arrays;
     returns (x, ok)."""

@@ -1,13 +1,15 @@
 """``ewald integrate``: refined.expt + refined.refl → integrated.expt + integrated.refl
 (the equivalent of ``dials.integrate``).
 
-The graph per experiment: one task estimates σb/σm from the strong indexed spots and predicts
-every reflection; one task per image chunk integrates the reflections whose predicted centre lies
-in that chunk, reading the chunk plus a halo of neighbouring images so that each reflection sees
-its whole shoebox (reflections whose boxes reach past the halo go to one extra task reading the
-whole scan); a last task learns reference profiles and fits every reflection. Every reflection is
-integrated exactly once, from all its pixels, whatever the chunking.
-"""
+The graph per experiment: one task estimates σb/σm from the strong indexed spots (DIALS'
+estimators) and predicts every reflection; a first pass of chunk tasks integrates the reference
+spots alone, from which one task re-measures σb/σm on whole background-subtracted shoeboxes
+(``refine_sigma``; DIALS' strong-pixel estimates run narrow); then one task per image chunk
+integrates the reflections whose predicted centre lies in that chunk, reading the chunk plus a
+halo of neighbouring images so that each reflection sees its whole shoebox (reflections whose
+boxes reach past the halo go to one extra task reading the whole scan); a last task learns
+reference profiles and fits every reflection. Every reflection is integrated exactly once, from
+all its pixels, whatever the chunking.
 from __future__ import annotations
 
 import logging
