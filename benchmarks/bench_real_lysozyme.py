@@ -61,7 +61,7 @@ def ewald(*args: str) -> float:
     start = time.perf_counter()
     status = main([str(a) for a in args])
     if status != 0:
-        raise RuntimeError(f"ewald {' '.join(map(str, args))} exited with status {status}")
+        raise RuntimeError(f"ewald {args[0]} exited with status {status} in {Path.cwd()} (see its log there)")
     return time.perf_counter() - start
 
 
