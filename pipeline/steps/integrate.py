@@ -10,6 +10,7 @@ halo of neighbouring images so that each reflection sees its whole shoebox (refl
 boxes reach past the halo go to one extra task reading the whole scan); a last task learns
 reference profiles and fits every reflection. Every reflection is integrated exactly once, from
 all its pixels, whatever the chunking.
+"""
 from __future__ import annotations
 
 import logging
