@@ -196,7 +196,8 @@ def test_candidates_are_exposed_and_a_run_can_restart_from_any_of_them():
     assert len(result.candidates) == len(result.candidates_table) >= 1
     for candidate, row in zip(result.candidates, result.candidates_table):
         assert candidate.n_indexed == row["n_indexed"]
-        assert candidate.outlier_mask.shape == (len(sim.rlp),) and not (candidate.outlier_mask & candidate.indexed_mask).any()
+        assert candidate.outlier_mask.shape == (len(sim.rlp),)
+        assert not (candidate.outlier_mask & candidate.indexed_mask).any()
     again = index_reflections(sim.rlp, sim.d, sim.phi_rad, sim.entering, start_crystal=result.candidates[0].p1_crystal)
     np.testing.assert_allclose(again.crystal.A, result.crystal.A, atol=1e-9)
     assert again.d_min_fft == pytest.approx(result.d_min_fft) and len(again.candidates) == 1

@@ -182,5 +182,5 @@ def test_the_self_check_retries_the_next_ranked_candidate_lattices(sweep):
     assert [a["attempt"].split(" (")[0] for a in attempts[1:1 + n_next]] == [
         f"as given, candidate {k}" for k in range(2, 2 + n_next)]
     second = attempts[1]
-    assert second["unit_cell"] != attempts[0]["unit_cell"] or second["fraction_indexed"] != attempts[0]["fraction_indexed"]
+    assert (second["unit_cell"], second["fraction_indexed"]) != (attempts[0]["unit_cell"], attempts[0]["fraction_indexed"])
     assert not outcome.summary["self_check"]["accepted"]
