@@ -3,7 +3,8 @@ strong indexed spots, as DIALS' ``gaussian_rs`` model does (Kabsch 2010, Acta Cr
 133–144, §3; DIALS' "extended" σm maximum-likelihood estimator).
 
 σb: for each spot, Var = Σ c α² / (Σ c − 1) over its strong pixels, α the angle between the
-pixel centre's beam direction and the spot's *predicted* s1; σb = sqrt(mean Var).
+pixel centre's beam direction and the spot's *predicted* s1; σb = sqrt(mean Var) over the spots
+whose Var is not a gross outlier (ewald: more than 6 robust σ above the median).
 
 σm: each spot's counts per frame n_f are modelled as a Gaussian rocking curve of width σm
 (in the rotation angle scaled by |ζ|); maximise Σ_spots [Σ_f n_f ln z_f − K ln Σ_f z_f +
@@ -36,7 +37,12 @@ def estimate_sigma_b_deg(
     if not ok.any():
         raise DataError("no strong spot has enough counts to estimate sigma_b; give profile.gaussian_rs.parameters.sigma_b=")
     var = sum_ca2[ok] / (sum_c[ok] - 1)
-    return float(np.degrees(np.sqrt(np.mean(var))))
+    # DIALS takes the plain mean; one "spot" that is really a streak or a scrambled image makes
+    # that mean ten times too large, so spots whose spread is far out of the crowd are left out
+    median = np.median(var)
+    spread = 1.4826 * np.median(np.abs(var - median))
+    typical = var <= median + 6 * spread if spread > 0 else np.ones(len(var), bool)
+    return float(np.degrees(np.sqrt(np.mean(var[typical]))))
 
 
 def estimate_sigma_m_deg(

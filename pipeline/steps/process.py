@@ -68,9 +68,10 @@ class Params:
         None, "Known unit cell (a,b,c,α,β,γ): checks the indexing and is the target for distance=auto.")
     unit_cell_sigmas: tuple[float, ...] = param((0.01,) * 6, "Restraint sigmas for the distance calibration.")
     electron_fix_distance: bool = param(
-        True, "For electron data, fix the detector distance (and tilts) in indexing and refinement unless their "
+        True, "For electron data, fix the detector distance and orientation in indexing and refinement unless their "
               "detector.fix is set: with a flat Ewald sphere distance and cell scale together (the walk-through's "
-              "detector.fix=distance).")
+              "detector.fix=distance), and a detector turning in its plane is indistinguishable from the rotation "
+              "axis and the crystal turning about the beam once the axis refines; the beam centre still refines.")
     d_min: float | None = param(None, "High-resolution limit (Å) for scaling and merging.")
     electron_spot_d_max: float | None = param(
         20.0, "For electron data, spot finding ignores pixels at d above this (Å): the inelastic scatter around "
@@ -197,7 +198,7 @@ def _step_params(params: Params, experiment: Experiment) -> tuple:
             path = "refinement.parameterisation.detector.fix"
             fixed = step.refinement.parameterisation.detector.fix
             if not fixed:
-                step = replace_parameter(step, path, ["distance"])
+                step = replace_parameter(step, path, ["distance", "orientation"])
             ix, rf = (step, rf) if name == "ix" else (ix, step)
     if params.space_group is not None:
         ix = replace_parameter(ix, "indexing.known_symmetry.space_group", params.space_group)
@@ -308,9 +309,10 @@ def starting_distance_mm(experiment: Experiment, d_edge_range=(0.5, 20.0), d_edg
     return float(r_edge / np.tan(2 * np.arcsin(beam.wavelength / (2 * d_edge_default))))
 
 
-def _gather(client, tasks: dict, step: str) -> tuple[dict, dict[str, DatasetFailure]]:
+def _settle(futures: dict, step: str) -> tuple[dict, dict[str, DatasetFailure]]:
+    """Wait for named futures; results by name, and the failures with their step and reason."""
     results, failures = {}, {}
-    for name, future in zip(tasks, client.compute(list(tasks.values()))):
+    for name, future in futures.items():
         try:
             results[name] = future.result()
         except StepFailed as error:
@@ -323,21 +325,24 @@ def _gather(client, tasks: dict, step: str) -> tuple[dict, dict[str, DatasetFail
 def _first_pass(experiments: dict[str, Experiment], params: Params, client, find_axis: bool,
                 find_distance: bool) -> tuple[dict, dict[str, DatasetFailure]]:
     """Spots at the header geometry; the rotation axis from the sweeps with most spots (the axis
-    belongs to the instrument, so a few sweeps decide it for all); then every crystal's distance."""
+    belongs to the instrument, so a few sweeps decide it for all); then every crystal's distance.
+    The spot tables stay on the workers: tasks get them as futures."""
     spots = {}
     for i, (name, experiment) in enumerate(experiments.items()):
         found = find_spots.find_spots_graph(experiment, _step_params(params, experiment)[0], i,
                                             name=f"first-pass-{name}")
         spots[name] = dask.delayed(operator.attrgetter("reflections"), pure=True)(
             found, dask_key_name=f"first-pass-spots-{name}")
-    strong, failures = _gather(client, spots, "find_spots")
+    strong = dict(zip(spots, client.compute(list(spots.values()))))
+    counts, failures = _settle({n: client.submit(len, f, key=f"count-spots-{n}") for n, f in strong.items()},
+                               "find_spots")
     calibration: dict = {}
     axis = None
     if find_axis:
-        ranked = sorted(strong, key=lambda n: -len(strong[n]))[: params.axis_search_sweeps]
-        tasks = {n: dask.delayed(_guarded, pure=True)("find_rotation_axis", _axis_task, experiments[n], strong[n],
-                                                      dask_key_name=f"find_rotation_axis-{n}") for n in ranked}
-        found, axis_failures = _gather(client, tasks, "find_rotation_axis")
+        ranked = sorted(counts, key=lambda n: -counts[n])[: params.axis_search_sweeps]
+        tasks = {n: client.submit(_guarded, "find_rotation_axis", _axis_task, experiments[n], strong[n],
+                                  key=f"find_rotation_axis-{n}") for n in ranked}
+        found, axis_failures = _settle(tasks, "find_rotation_axis")
         if not found:
             reasons = "; ".join(f"{n}: {f.reason}" for n, f in axis_failures.items())
             raise DataError(f"the rotation axis could not be found from any sweep ({reasons}); give goniometer.axis=")
@@ -345,10 +350,9 @@ def _first_pass(experiments: dict[str, Experiment], params: Params, client, find
         calibration.update(axes={n: r["axis"] for n, r in found.items()}, axis=axis,
                            axis_tables={n: r["table"] for n, r in found.items()})
     if find_distance:
-        tasks = {n: dask.delayed(_guarded, pure=True)("calibrate_distance", _distance_task, experiments[n], strong[n],
-                                                      axis, params, dask_key_name=f"calibrate_distance-{n}")
-                 for n in strong}
-        distances, distance_failures = _gather(client, tasks, "calibrate_distance")
+        tasks = {n: client.submit(_guarded, "calibrate_distance", _distance_task, experiments[n], strong[n], axis,
+                                  params, key=f"calibrate_distance-{n}") for n in counts}
+        distances, distance_failures = _settle(tasks, "calibrate_distance")
         if not distances:
             raise DataError("no crystal gave a distance against the known cell; check unit_cell= or give distance=")
         calibration.update(distances=distances, distance=float(np.median(list(distances.values()))))
@@ -468,26 +472,26 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
         graphs = {name: dataset_graph(name, e, params, workdir / name, i) for i, (name, e) in enumerate(experiments.items())}
         futures = dict(zip(graphs, active.compute(list(graphs.values()))))
         _show_progress(list(futures.values()))
-        for name, future in futures.items():
-            outcome = outcomes[name]
-            try:
-                outcome.experiment, outcome.reflections = future.result()
-            except StepFailed as error:
-                outcome.failure = DatasetFailure(name, error.step, error.reason)
-            except Exception as error:
-                outcome.failure = DatasetFailure(name, "processing", f"{type(error).__name__}: {error}")
-            outcome.summary = _dataset_summary(outcome)
+        # the integrated tables stay on the workers; the client gets each data set's summary
+        summaries, failures = _settle({n: active.submit(_summarise, f, key=f"summary-{n}") for n, f in futures.items()},
+                                      "processing")
+        for name, outcome in ((n, outcomes[n]) for n in futures):
+            if name in failures:
+                outcome.failure = failures[name]
+                outcome.summary = _dataset_summary(outcome)
+            else:
+                outcome.experiment, outcome.summary = summaries[name]
+                outcome.summary["rmsds"] = (_record(outcome.folder, "refine").get("summary") or {}).get("rmsds", {})
         timings["datasets"] = time.perf_counter() - t0
 
-        good = [o for o in outcomes.values() if o.failure is None]
+        good = [n for n in futures if outcomes[n].failure is None]
         scaled = merged = None
         if good:
             t0 = time.perf_counter()
             try:
-                scaled, merged = active.compute(
-                    dask.delayed(_scale_export_merge, pure=True)(
-                        [o.experiment for o in good], [o.reflections for o in good], [str(o.folder) for o in good],
-                        params, workdir / "scale", dask_key_name="scale")).result()
+                scaled, merged = active.submit(
+                    _scale_export_merge, [futures[n] for n in good], [str(outcomes[n].folder) for n in good], params,
+                    workdir / "scale", key="scale").result()
             except EwaldError as error:
                 raise DataError(f"scaling the {len(good)} integrated data sets failed: {error}") from None
             timings["scale"] = time.perf_counter() - t0
@@ -497,14 +501,17 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
     return result
 
 
-def _scale_export_merge(experiments, tables, sources, params: Params, folder: Path):
+def _scale_export_merge(integrated: list[tuple[Experiment, ReflectionTable]], sources: list[str], params: Params,
+                        folder: Path):
     """Joint scaling, export and merge, writing their files into ``folder`` (on the worker: MTZ
-    objects do not travel) and logging into ``folder``/scale.log."""
+    objects do not travel) and logging into ``folder``/scale.log. Returns the scaled
+    experiments and the summaries, without the large per-reflection arrays."""
     from pipeline.logging_setup import run_logging
 
     folder.mkdir(parents=True, exist_ok=True)
+    experiments = [e for e, _ in integrated]
     with run_logging(folder / "scale.log", console=False, this_thread_only=True):
-        experiments_all, table = scale.combine_inputs([[e] for e in experiments], tables, sources)
+        experiments_all, table = scale.combine_inputs([[e] for e in experiments], [t for _, t in integrated], sources)
         _, _, _, _, sc, mg = _step_params(params, experiments[0])
         scaled = scale.run(experiments_all, table, sc)
         scale.write_outputs(scaled, sc, folder)
@@ -512,9 +519,23 @@ def _scale_export_merge(experiments, tables, sources, params: Params, folder: Pa
         export.write_outputs(exported, params.export, folder)
         merged = merge.run(scaled.experiments, scaled.reflections, mg)
         merge.write_outputs(merged, mg, folder)
-    for result in (exported, merged):
-        result.summary.pop("mtz", None)
-    return scaled, merged
+    scaled_summary = {k: v for k, v in scaled.summary.items() if k != "result"}
+    merged_summary = {k: v for k, v in merged.summary.items() if k != "mtz"}
+    return StepResult(scaled.experiments, None, scaled_summary), StepResult(merged.experiments, None, merged_summary)
+
+
+def _summarise(integrated: tuple[Experiment, ReflectionTable]) -> tuple[Experiment, dict]:
+    experiment, table = integrated
+    n_integrated = int(table.get_flags(Flags.integrated, all=False).sum())
+    if n_integrated == 0:
+        raise StepFailed("integrate", f"no reflection could be integrated ({len(table)} predicted)")
+    return experiment, {
+        "status": "ok",
+        "space_group": experiment.crystal.space_group.hm,
+        "unit_cell": list(experiment.crystal.unit_cell.parameters),
+        "n_integrated": n_integrated,
+        "n_images": experiment.scan.num_images,
+    }
 
 
 def _show_progress(futures) -> None:
@@ -543,18 +564,7 @@ def _client(params: Params, client):
 def _dataset_summary(outcome: DatasetOutcome) -> dict:
     if outcome.failure is not None:
         return {"status": "failed", "step": outcome.failure.step, "reason": outcome.failure.reason}
-    experiment, table = outcome.experiment, outcome.reflections
-    crystal = experiment.crystal
-    refine_record = _record(outcome.folder, "refine")
-    rmsds = (refine_record.get("summary") or {}).get("rmsds", {})
-    return {
-        "status": "ok",
-        "space_group": crystal.space_group.hm,
-        "unit_cell": list(crystal.unit_cell.parameters),
-        "rmsds": rmsds,
-        "n_integrated": int(table.get_flags(Flags.integrated, all=False).sum()),
-        "n_images": experiment.scan.num_images,
-    }
+    return outcome.summary
 
 
 def _record(folder: Path, step: str) -> dict:
