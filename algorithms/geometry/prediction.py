@@ -112,6 +112,13 @@ def predict_rotation(
     r_lab = np.einsum("ij,njk,nk->ni", S, rot, r0[rows])
     s1 = s0 + r_lab
     entering = (s1 @ np.cross(s0, S @ axis)) < 0
+    z = scan.array_index_from_angle(np.degrees(phis))
+    return _on_detector(hkl, rows, phis, z, s1, entering, detector, require_on_panel)
+
+
+def _on_detector(hkl, rows, phi, z, s1, entering, detector: Detector, require_on_panel: bool) -> Predictions:
+    """The crossings whose rays hit the front of the detector plane (and, if asked, the panel),
+    ordered by input row and angle."""
     xy_mm, front = detector.ray_intersection_mm(s1)
     xy_px = detector.mm_to_pixel(xy_mm)
     keep = front
@@ -119,12 +126,11 @@ def predict_rotation(
         nf, ns = detector.image_size
         with np.errstate(invalid="ignore"):
             keep = keep & (xy_px[:, 0] >= 0) & (xy_px[:, 0] < nf) & (xy_px[:, 1] >= 0) & (xy_px[:, 1] < ns)
-    z = scan.array_index_from_angle(np.degrees(phis))
-    order = np.lexsort((phis[keep], rows[keep]))
+    order = np.lexsort((phi[keep], rows[keep]))
     sel = np.nonzero(keep)[0][order]
     return Predictions(
         miller_index=hkl[rows[sel]],
-        phi_rad=phis[sel],
+        phi_rad=phi[sel],
         s1=s1[sel],
         entering=entering[sel],
         xy_mm=xy_mm[sel],
@@ -207,22 +213,4 @@ def predict_rotation_scan_varying(
         s1, entering = np.zeros((0, 3)), np.zeros(0, bool)
     z = scan.array_range[0] + frame + alpha
     phi = np.radians(scan.angle_from_array_index(z))
-    xy_mm, front = detector.ray_intersection_mm(s1)
-    xy_px = detector.mm_to_pixel(xy_mm)
-    keep = front
-    if require_on_panel:
-        nf, ns = detector.image_size
-        with np.errstate(invalid="ignore"):
-            keep = keep & (xy_px[:, 0] >= 0) & (xy_px[:, 0] < nf) & (xy_px[:, 1] >= 0) & (xy_px[:, 1] < ns)
-    order = np.lexsort((phi[keep], rows[keep]))
-    sel = np.nonzero(keep)[0][order]
-    return Predictions(
-        miller_index=hkl[rows[sel]],
-        phi_rad=phi[sel],
-        s1=s1[sel],
-        entering=entering[sel],
-        xy_mm=xy_mm[sel],
-        xy_px=xy_px[sel],
-        z_px=z[sel],
-        source_row=rows[sel],
-    )
+    return _on_detector(hkl, rows, phi, z, s1, entering, detector, require_on_panel)
