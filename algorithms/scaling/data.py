@@ -80,6 +80,7 @@ class ScalingData:
     s1c: np.ndarray | None = None
     user_excluded: np.ndarray | None = None  # rows excluded by the user (e.g. exclude_images)
     dataset_cells: list[gemmi.UnitCell] | None = None  # refined cell of each dataset (consensus check)
+    conversion: np.ndarray | None = None  # lp/qe of each row (corrected = integrated × conversion); None = 1
 
     def __post_init__(self):
         self.dataset = np.asarray(self.dataset, dtype=np.int64)

@@ -5,7 +5,7 @@ for a reflection measured once): with the noisy observed I, weak-by-chance measu
 a σ' and the fitted a, b are biased (by ~30 % in ⟨δ²⟩ for b = 0.1 in tests).
 
 Refined ('individual' minimisation) on well-measured groups only: partiality > 0.4, group mean
-I/σ > 0.85, scaled group mean g·Ĩ_h > min_Ih, n_h > 1, I > 0.001, groups whose internal scatter is
+I/σ > 0.85, scaled group mean g·Ĩ_h > min_Ih (in counts: × LP/QE in ewald's default), n_h > 1, I > 0.001, groups whose internal scatter is
 not wildly larger than expected; ≥ 250 reflections or the model is left at a = 1, b = 0.02.
 Normalised deviations δ = sqrt((n−1)/n)·(I/g − Ĩ_{h,−l})/(σ'/g), with Ĩ_{h,−l} the weighted mean of
 the *other* observations of h (Evans 2006, Acta D 62:72): for equal weights Var(I − Ĩ_{h,−l}) =
@@ -78,8 +78,15 @@ def _intensity_bins(log_intensity: np.ndarray, n_bins: int) -> np.ndarray:
 
 def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, variance: np.ndarray,
                        g: np.ndarray, active: np.ndarray, partiality: np.ndarray, min_Ih: float = 25.0,
-                       n_bins: int = 10) -> ErrorModel:
+                       n_bins: int = 10, min_Ih_unit: np.ndarray | float = 1.0) -> ErrorModel:
     """Fit a, b on suitable reflections (``intensity``/``variance`` unscaled, before the error model).
+
+    The min_Ih rule is g·Ĩ_h > min_Ih × ``min_Ih_unit`` (per observation or scalar): DIALS compares with
+    min_Ih itself, in the units of the LP-corrected intensities; ewald passes the LP/QE conversion
+    factor, so that min_Ih means counts of the integrated intensity whatever the size of the LP factor
+    (3D ED: lp ~ 10⁻³, and DIALS' 25 lies above every scaled intensity, so the model is never fitted).
+    The other absolute thresholds (I > 0.001, the internal-scatter limit max(50, max Ĩ/40)) use the
+    same unit.
 
     Always starts from a = 1, b = 0.02: along the flat a–b ridge the alternation's end point depends
     on its start, and a warm start would carry an early round's bias (scales not yet refined with
@@ -88,14 +95,16 @@ def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, 
     mean_h, _, n_h = weighted_group_means(group, n_groups, scaled_i, scaled_var, active)
     ratio = np.divide(scaled_i, np.sqrt(np.abs(scaled_var)), out=np.zeros_like(scaled_i), where=active & (scaled_var > 0))
     i_over_sigma = np.bincount(group, ratio, n_groups) / np.maximum(n_h, 1)
-    use = active & (partiality > 0.4) & (i_over_sigma[group] > 0.85) & (g * mean_h[group] > min_Ih) & (intensity > 0.001)
+    unit = np.asarray(min_Ih_unit, float)
+    use = active & (partiality > 0.4) & (i_over_sigma[group] > 0.85) & (g * mean_h[group] > min_Ih * unit) & (intensity > 0.001 * unit)
     n_use = np.bincount(group, use.astype(float), n_groups)
     use &= n_use[group] > 1
     # Groups whose internal scatter dwarfs the expected variance are not measurement errors.
     mean_h, _, n_use = weighted_group_means(group, n_groups, scaled_i, scaled_var, use)
     internal = np.bincount(group, np.where(use, (scaled_i - mean_h[group]) ** 2, 0.0), n_groups) / np.maximum(n_use - 1, 1)
     expected = np.bincount(group, np.where(use, scaled_var, 0.0), n_groups) / np.maximum(n_use, 1)
-    limit = max(50.0, float(np.max(mean_h[n_use > 1], initial=0.0)) / 40.0)
+    # DIALS' limit max(50, max Ĩ/40) mixes a ratio with an intensity: Ĩ in counts (÷ the unit) keeps its meaning.
+    limit = max(50.0, float(np.max(mean_h[n_use > 1], initial=0.0)) / 40.0 / float(np.median(unit)))
     use &= (internal / np.where(expected > 0, expected, np.inf))[group] <= limit
     n_use = np.bincount(group, use.astype(float), n_groups)
     use &= n_use[group] > 1

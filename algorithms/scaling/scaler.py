@@ -19,6 +19,11 @@ in image_group mode, blocks below the cutoff are removed anywhere in the sweep
 whole-crystal ΔCC½ is negative and below a robust cutoff (median − stdcutoff·1.4826·MAD) is removed
 as non-isomorphous; so is, before scaling, a crystal whose refined cell is far from the consensus
 (median) cell (``max_cell_deviation_percent`` of a length or ``max_cell_deviation_deg``).
+Groups are judged against a robust cutoff, median − stdcutoff·1.4826·MAD of ΔCC½, and only if their
+ΔCC½ is negative (``cutoff_rule = 'robust'``; DIALS' mean − stdcutoff·SD is ``'mean_sd'``).
+Observations whose inverse scale g falls below ``min_relative_inverse_scale`` (0.1) × the median g of
+their crystal are excluded after every minimisation: there the smooth scale extrapolates towards zero
+where a crystal stops diffracting, and I/g explodes (DIALS has no such rule; None switches it off).
 """
 from __future__ import annotations
 
@@ -49,11 +54,15 @@ class ScalingOptions:
     d_max: float | None = None
     partiality_cutoff: float = 0.4
     min_isigi: float = -5.0
+    # ewald: observations whose g < this × the median g of their crystal are excluded (None = keep, as DIALS)
+    min_relative_inverse_scale: float | None = 0.1
     model: ModelOptions = field(default_factory=ModelOptions)
     fix_initial: bool = True
     intensity_choice: str = "combine"  # combine | profile | sum
     error_model: str | None = "basic"
     min_Ih: float = 25.0
+    # ewald: min_Ih in counts of the integrated intensity (× LP/QE); False = DIALS (LP-corrected units)
+    min_Ih_in_counts: bool = True
     error_model_n_bins: int = 10
     outlier_rejection: str | None = "standard"
     outlier_zmax: float = 6.0
@@ -69,6 +78,7 @@ class ScalingOptions:
     mode: str = "dataset"  # dataset | image_group
     group_size: int = 10
     stdcutoff: float = 4.0
+    cutoff_rule: str = "robust"  # robust (ewald): median − stdcutoff·1.4826·MAD and ΔCC½ < 0 | mean_sd (DIALS)
     image_group_removal: str = "anywhere"  # anywhere (ewald) | edges (DIALS)
     remove_non_isomorphous: bool = True
     include_outliers_in_delta_cc_half: bool = True  # ewald; DIALS analyses only non-outliers
@@ -145,7 +155,7 @@ class ScalingResult:
     variance: np.ndarray  # error-model adjusted (intensity.scale.variance)
     asu_index: np.ndarray
     isym: np.ndarray
-    excluded_for_scaling: np.ndarray  # DIALS flag excluded_for_scaling (§8.2 rules)
+    excluded_for_scaling: np.ndarray  # DIALS flag excluded_for_scaling (§8.2 rules, and low_scale)
     user_excluded: np.ndarray  # excluded by the user, by the cell check or by ΔCC½ filtering
     outlier: np.ndarray  # DIALS flag outlier_in_scaling (standard rejection and Wilson E²)
     scaled: np.ndarray  # in the final scaled data: not excluded, not removed, not an outlier, g > 0
@@ -158,12 +168,14 @@ class ScalingResult:
     filtering: FilteringResult | None
     merging_statistics: MergingStatistics | None
     cell_outliers: dict = field(default_factory=dict)  # dataset → reason, removed before scaling
+    low_scale: np.ndarray | None = None  # excluded because g fell below min_relative_inverse_scale × median
     model_options: ModelOptions = field(default_factory=ModelOptions)
     history: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"n_scaled": int(self.scaled.sum()), "n_outliers": int(self.outlier.sum()),
                 "n_excluded": int(self.excluded_for_scaling.sum()), "n_user_excluded": int(self.user_excluded.sum()),
+                "n_low_scale": int(self.low_scale.sum()) if self.low_scale is not None else 0,
                 "error_model": {"a": self.error_model.a, "b": self.error_model.b, "isa": self.error_model.isa,
                                 "refined": self.error_model.refined},
                 "imid": self.imid, "valid_image_ranges": self.valid_image_ranges,
@@ -193,6 +205,7 @@ class _JointScaler:
         self.imid = {"combine": PROFILE_ONLY, "profile": PROFILE_ONLY, "sum": SUM_ONLY}[options.intensity_choice]
         self.intensity, self.raw_variance = combine_intensities(data.intensities, self.imid)
         self.excluded |= ~(self.raw_variance > 0)
+        self.low_scale = np.zeros(len(data), bool)
         self.error_model = ErrorModel()
         self.combination_table: list = []
         self.covariance = np.zeros((self.model.n_parameters, self.model.n_parameters))
@@ -241,7 +254,29 @@ class _JointScaler:
     def _lbfgs(self) -> None:
         self.parameters = minimise_lbfgs(self._target(), self.parameters, self.options.lbfgs_tolerance)
 
+    def _exclude_low_scales(self) -> None:
+        """Exclude observations whose g is below min_relative_inverse_scale × their crystal's median g.
+
+        Where a crystal stops diffracting (it leaves the beam or dies) the smooth scale falls towards
+        zero and is fitted by a few weak reflections; dividing by such a g multiplies both the noise
+        and any error of the extrapolated g (which σ does not contain), and the exploding I/g ruin
+        merging (real cRED lysozyme: CC½ 0.01 → 0.69 by dropping them). The median is over the crystal's
+        usable observations, so the rule does not depend on the overall scale or on the units."""
+        fraction = self.options.min_relative_inverse_scale
+        if fraction is None:
+            return
+        g = self.model.inverse_scale(self.parameters)
+        usable = self.usable
+        median = np.zeros(self.data.n_datasets)
+        for k in np.unique(self.data.dataset[usable]):  # loop over datasets
+            median[k] = np.median(g[usable & (self.data.dataset == k)])
+        low = usable & (g < fraction * median[self.data.dataset])
+        self.low_scale |= low
+        self.excluded |= low
+
     def _reject_outliers(self) -> None:
+        """After every minimisation: low-scale exclusion, then outlier rejection with the new scales."""
+        self._exclude_low_scales()
         self.outlier = self.wilson_outlier.copy()
         if self.options.outlier_rejection == "standard":
             g = self.model.inverse_scale(self.parameters)
@@ -254,7 +289,12 @@ class _JointScaler:
         g = self.model.inverse_scale(self.parameters)
         self.error_model = refine_error_model(self.group, self.n_groups, self.intensity, self.raw_variance, g,
                                               self.active, self.data.partiality, self.options.min_Ih,
-                                              self.options.error_model_n_bins)
+                                              self.options.error_model_n_bins, self._min_Ih_unit())
+
+    def _min_Ih_unit(self) -> np.ndarray | float:
+        if self.options.min_Ih_in_counts and self.data.conversion is not None:
+            return self.data.conversion
+        return 1.0
 
     def run(self, full_matrix: bool) -> None:
         """One scaling run (steps 1–3 and 5; step 4 when ``full_matrix``)."""
@@ -289,6 +329,18 @@ class _JointScaler:
         return 100.0 * len(groups) / max(len(complete), 1)
 
 
+def _below_cutoff(values: np.ndarray, options: ScalingOptions) -> tuple[np.ndarray, float]:
+    """Groups to remove and the cutoff. DIALS: ΔCC½ < mean − stdcutoff·SD. ewald ('robust'):
+    ΔCC½ < median − stdcutoff·1.4826·MAD and < 0, because with few groups (real cRED lysozyme: 8
+    groups of 10 images from 2 crystals) one very bad group inflates the SD so much that mean − 4·SD flags nothing
+    (real cRED lysozyme: ΔCC½ −0.587 among values of ~0.01), and a group that raises CC½ is never bad."""
+    if options.cutoff_rule == "mean_sd":
+        limit = cutoff(values, options.stdcutoff)
+        return values < limit, limit
+    limit = robust_cutoff(values, options.stdcutoff)
+    return (values < limit) & (values < 0), limit
+
+
 def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, removed_so_far: int) -> FilteringCycle:
     options, data = scaler.options, scaler.data
     # An image whose intensities are scrambled loses its worst observations to outlier rejection and
@@ -318,8 +370,8 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
         group_dataset = present
         first = np.array([data.scans[k].image_range[0] for k in present])
         last = np.array([data.scans[k].image_range[1] for k in present])
-        limit = cutoff(delta, options.stdcutoff)
-        removed_datasets = [int(k) for k in present[delta < limit]]
+        below, limit = _below_cutoff(delta, options)
+        removed_datasets = [int(k) for k in present[below]]
     else:
         groups = image_groups(data.dataset, image, active, data.n_datasets, options.group_size)
         cc_all, delta = delta_cc_half(reflection, scaler.n_groups, scaled, groups.group[idx], len(groups.dataset), bins)
@@ -329,13 +381,14 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
             # Judge whole crystals without their already-suspect image blocks, so that a few bad images
             # do not condemn a crystal; then judge blocks without the blocks of removed crystals, which
             # would inflate the spread.
-            suspect = delta < cutoff(delta, options.stdcutoff)
+            suspect, _ = _below_cutoff(delta, options)
             _, present, dataset_values = dataset_delta(~suspect[groups.group[idx]])
             outlying = (dataset_values < robust_cutoff(dataset_values, options.stdcutoff)) & (dataset_values < 0)
             removed_datasets = [int(k) for k in present[outlying]]
             judged = ~np.isin(group_dataset, removed_datasets)
-        limit = cutoff(delta[judged], options.stdcutoff)
-        below = (delta < limit) & judged
+        below_judged, limit = _below_cutoff(delta[judged], options)
+        below = np.zeros(len(delta), bool)
+        below[np.nonzero(judged)[0]] = below_judged
         remove = edge_groups_below(groups, below) if options.image_group_removal == "edges" else below
         removed_ranges = [(int(k), int(a), int(b)) for k, a, b in zip(group_dataset[remove], first[remove], last[remove])]
         kept_below = [(int(k), int(a), int(b)) for k, a, b in zip(group_dataset[below & ~remove], first[below & ~remove],
@@ -378,7 +431,8 @@ def _valid_image_ranges(data: ScalingData, removed_datasets: list, removed_range
 
 _CHOICES = {"intensity_choice": ("combine", "profile", "sum"), "error_model": (None, "basic"),
             "outlier_rejection": (None, "standard"), "filtering_method": (None, "deltacchalf"),
-            "mode": ("dataset", "image_group"), "image_group_removal": ("anywhere", "edges")}
+            "mode": ("dataset", "image_group"), "image_group_removal": ("anywhere", "edges"),
+            "cutoff_rule": ("robust", "mean_sd")}
 
 
 def _check_options(options: ScalingOptions) -> None:
@@ -443,5 +497,6 @@ def scale_and_filter(data: ScalingData, options: ScalingOptions | None = None, w
                          combination_table=scaler.combination_table,
                          valid_image_ranges=_valid_image_ranges(data, removed_datasets, removed_ranges),
                          filtering=filtering, merging_statistics=stats, cell_outliers=scaler.cell_outliers,
+                         low_scale=scaler.low_scale,
                          model_options=options.model,
                          history=scaler.history)

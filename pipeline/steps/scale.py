@@ -18,7 +18,7 @@ import collections
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,8 @@ from algorithms.scaling import (DatasetModelResult, DatasetScan, FilteringResult
                                 ScalingOptions, ScalingResult, excluded_for_scaling, prepare_intensities,
                                 scale_and_filter)
 from algorithms.scaling.absorption import crystal_frame_directions
+from algorithms.scaling.ambiguity import alternative_indexings, hkl_triplet
+from algorithms.scaling.ambiguity import resolve_indexing_ambiguity as resolve_ambiguity
 from algorithms.scaling.smoother import SmootherAxis
 from pipeline.errors import InputFileError
 from pipeline.formats.mtz import batch_offsets
@@ -66,6 +68,9 @@ class Physical:
 @dataclass
 class Basic:
     min_Ih: float = param(25.0, "Groups of equivalents whose scaled mean is below this are not used to refine the error model.")
+    min_Ih_in_counts: bool = param(True, "min_Ih in counts of the integrated intensity, i.e. times each observation's "
+                                         "LP/QE factor (ewald: ED LP factors are ~10⁻³, so 25 in LP-corrected units "
+                                         "excludes everything); False = in LP-corrected units, as DIALS.")
     n_bins: int = param(10, "Intensity bins for refining b.")
 
 
@@ -92,6 +97,9 @@ class CutData:
     d_max: float | None = param(None, "Low-resolution limit (Å); None = all data.")
     partiality_cutoff: float = param(0.4, "Exclude reflections with a lower partiality.")
     min_isigi: float = param(-5.0, "Exclude reflections with a lower I/σ.")
+    min_relative_inverse_scale: float | None = param(
+        0.1, "Exclude observations whose inverse scale g falls below this fraction of the median g of their crystal "
+             "(ewald: where a crystal stops diffracting the scale extrapolates towards 0 and I/g explodes); None = keep all, as DIALS.")
 
 
 @dataclass
@@ -99,6 +107,9 @@ class ScalingOptionsScope:
     outlier_rejection: Literal["standard"] | None = param("standard", "Outlier rejection; None = none.")
     outlier_zmax: float = param(6.0, "Normalised deviation above which an observation is an outlier.")
     full_matrix: bool = param(True, "Finish with a full-matrix round (parameter errors, Var(g)).")
+    check_consistent_indexing: bool | None = param(
+        None, "Bring all crystals into one indexing where the lattice allows alternative ones (Brehm & Diederichs "
+              "2014), before scaling; None = auto: on when there are alternatives (ewald; DIALS' default is False).")
 
 
 @dataclass
@@ -108,7 +119,10 @@ class DeltaCcHalf:
     min_completeness: float | None = param(None, "Stop when the completeness (%) falls below this; None = no limit.")
     mode: Literal["dataset", "image_group"] = param("dataset", "Remove whole crystals, or groups of images.")
     group_size: int = param(10, "Images per group in image_group mode.")
-    stdcutoff: float = param(4.0, "Groups with ΔCC½ below mean − stdcutoff·SD are removed.")
+    stdcutoff: float = param(4.0, "Groups with ΔCC½ below median − stdcutoff·1.4826·MAD (and below 0) are removed; "
+                                  "with robust_cutoff=False below mean − stdcutoff·SD, as DIALS.")
+    robust_cutoff: bool = param(True, "Cutoff from the median and MAD of ΔCC½ (ewald: one very bad group among few "
+                                      "inflates the SD so that mean − 4·SD flags nothing); False = DIALS' mean − stdcutoff·SD.")
     dials_end_trimming: bool = param(False, "image_group mode: remove only groups at the ends of a sweep, as DIALS does "
                                             "(ewald's default also removes bad groups inside a sweep).")
 
@@ -242,13 +256,78 @@ class PreparedInput:
     experiments: list[Experiment]
     reflections: ReflectionTable
     data: ScalingData
+    reindexed: list[tuple[int, str]] = field(default_factory=list)  # (crystal, operator) from the ambiguity check
+
+
+def _ambiguity_observations(experiments: list[Experiment], table: ReflectionTable, params: Params) -> np.ndarray:
+    """Rows trusted for the ambiguity correlations: integrated with a positive variance, partiality
+    ≥ cutoff, inside the d range and the valid image ranges."""
+    has_prf = table.get_flags(Flags.integrated_prf) & ("intensity.prf.value" in table)
+    variance = np.where(has_prf, table["intensity.prf.variance"], table["intensity.sum.variance"]) \
+        if "intensity.prf.variance" in table else table["intensity.sum.variance"]
+    partiality = table["partiality"] if "partiality" in table else np.ones(len(table))
+    keep = (variance > 0) & (partiality >= params.cut_data.partiality_cutoff)
+    for k, experiment in enumerate(experiments):
+        rows = np.nonzero(table["id"] == k)[0]
+        image = np.floor(table["xyzcal.px"][rows, 2]) + 1
+        keep[rows] &= _valid_image_mask(experiment, image)
+    return keep
+
+
+def resolve_indexing_ambiguity(experiments: list[Experiment], table: ReflectionTable, params: Params) -> list[tuple[int, str]]:
+    """Bring every crystal into one indexing where the lattice allows several (Brehm & Diederichs 2014;
+    :mod:`algorithms.scaling.ambiguity`): reindex the reflections (h' = P·h) and the crystal model
+    (A' = A·P⁻¹) of the crystals that need it, in place. Returns (crystal, operator) of those."""
+    check = params.scaling_options.check_consistent_indexing
+    if check is False or len(experiments) < 2:
+        return []
+    space_group = consensus_space_group(experiments)
+    operators = alternative_indexings(average_unit_cell(experiments), space_group)
+    if len(operators) == 1:
+        if check:
+            logger.info("No alternative indexings: the lattice symmetry equals the symmetry of %s", space_group.hm)
+        return []
+    keep = _ambiguity_observations(experiments, table, params)
+    has_prf = table.get_flags(Flags.integrated_prf) & ("intensity.prf.value" in table)
+    intensity = np.where(has_prf, table["intensity.prf.value"], table["intensity.sum.value"]) \
+        if "intensity.prf.value" in table else table["intensity.sum.value"]
+    if "lp" in table:
+        intensity = intensity * table["lp"]
+    d = np.empty(len(table))
+    for k, experiment in enumerate(experiments):
+        rows = table["id"] == k
+        d[rows] = experiment.crystal.unit_cell.calculate_d_array(table["miller_index"][rows].astype(np.int32))
+    keep &= np.isfinite(intensity) & (d > 0)
+    if params.cut_data.d_min is not None:
+        keep &= d >= params.cut_data.d_min
+    if params.cut_data.d_max is not None:
+        keep &= d <= params.cut_data.d_max
+    result = resolve_ambiguity(table["id"][keep], table["miller_index"][keep], intensity[keep], d[keep], len(experiments),
+                               space_group, operators)
+    logger.info("Checking consistent indexing: alternative indexings %s", ", ".join(hkl_triplet(p) for p in operators))
+    for k, setting, z in result.undecided:
+        logger.info("Crystal %d: no significant preference for %s over its own indexing (z = %.1f < 3); kept as indexed",
+                    k, hkl_triplet(operators[setting]), z)
+    miller = table["miller_index"].astype(np.int64)
+    for k, setting in enumerate(result.assignment):
+        if setting == 0:
+            continue
+        operator = operators[setting]
+        logger.info("Reindexing crystal %d with %s (mean correlation with the others %.3f, as indexed %.3f)", k,
+                    hkl_triplet(operator), result.mean_correlation(k, setting), result.mean_correlation(k, 0))
+        rows = table["id"] == k
+        miller[rows] = miller[rows] @ operator.T
+        experiments[k].crystal = experiments[k].crystal.change_basis(operator)
+    table["miller_index"] = miller.astype(table["miller_index"].dtype)
+    return result.reindexed()
 
 
 def prepare_scaling_input(experiments: list[Experiment], reflections: ReflectionTable, params: Params) -> PreparedInput:
     """Corrected intensities, exclusion flags, batches and crystal-frame vectors for scaling."""
+    table = reflections.copy()
+    reindexed = resolve_indexing_ambiguity(experiments, table, params)
     space_group = consensus_space_group(experiments)
     cell = average_unit_cell(experiments)
-    table = reflections.copy()
     table.unset_flags(np.ones(len(table), bool), Flags.bad_for_scaling | Flags.scaled)
     n = len(table)
     dataset = table["id"].astype(np.int64)
@@ -290,7 +369,8 @@ def prepare_scaling_input(experiments: list[Experiment], reflections: Reflection
     data = ScalingData(dataset=dataset, miller_index=table["miller_index"], intensities=corrected, z_obs=z_rel, d=d,
                        partiality=table["partiality"] if "partiality" in table else np.ones(n), scans=scans,
                        space_group=space_group, unit_cell=cell, s0c=s0c, s1c=s1c, user_excluded=user_excluded,
-                       dataset_cells=[e.crystal.unit_cell for e in experiments])
+                       dataset_cells=[e.crystal.unit_cell for e in experiments],
+                       conversion=(table["lp"] if "lp" in table else np.ones(n)) / (table["qe"] if "qe" in table else 1.0))
     cut = params.cut_data
     excluded = excluded_for_scaling(data, cut.d_min, cut.d_max, cut.partiality_cutoff, cut.min_isigi)
     table.set_flags(excluded, Flags.excluded_for_scaling)
@@ -298,7 +378,7 @@ def prepare_scaling_input(experiments: list[Experiment], reflections: Reflection
     if (excluded | user_excluded).all():
         raise DataError("no reflections left for scaling after the cuts (partiality, I/sigma, d_min/d_max); "
                         "relax cut_data.* or check the integrated data")
-    return PreparedInput(experiments, table, data)
+    return PreparedInput(experiments, table, data, reindexed)
 
 
 # ------------------------------------------------------------------------------------ scaling
@@ -314,13 +394,15 @@ def scaling_options(params: Params) -> ScalingOptions:
                          lmax=physical.lmax, decay_restraint=physical.decay_restraint, surface_weight=physical.surface_weight)
     return ScalingOptions(
         d_min=cut.d_min, d_max=cut.d_max, partiality_cutoff=cut.partiality_cutoff, min_isigi=cut.min_isigi, model=model,
+        min_relative_inverse_scale=cut.min_relative_inverse_scale,
         fix_initial=physical.fix_initial, intensity_choice=params.reflection_selection.intensity_choice,
         error_model=params.weighting.error_model.error_model, min_Ih=basic.min_Ih, error_model_n_bins=basic.n_bins,
+        min_Ih_in_counts=basic.min_Ih_in_counts,
         outlier_rejection=params.scaling_options.outlier_rejection, outlier_zmax=params.scaling_options.outlier_zmax,
         full_matrix=params.scaling_options.full_matrix, filtering_method=params.filtering.method,
         max_cycles=delta.max_cycles, max_percent_removed=delta.max_percent_removed,
         min_completeness=delta.min_completeness, mode=delta.mode, group_size=delta.group_size,
-        stdcutoff=delta.stdcutoff, image_group_removal="edges" if delta.dials_end_trimming else "anywhere",
+        stdcutoff=delta.stdcutoff, cutoff_rule="robust" if delta.robust_cutoff else "mean_sd", image_group_removal="edges" if delta.dials_end_trimming else "anywhere",
         remove_non_isomorphous=params.filtering.nonisomorphism.remove)
 
 
@@ -522,6 +604,9 @@ def format_scaling_summary(result: ScalingResult) -> str:
     if em.message:
         lines.append(f"  {em.message}")
     s = result.summary()
+    if s["n_low_scale"]:
+        lines += ["", f"{s['n_low_scale']} observations excluded for scaling: inverse scale below "
+                      "min_relative_inverse_scale × the median of their crystal"]
     lines += ["", f"{s['n_scaled']} reflections scaled, {s['n_outliers']} outliers, {s['n_excluded']} excluded "
                   f"for scaling, {s['n_user_excluded']} excluded by image ranges"]
     return "\n".join(lines)
@@ -538,6 +623,7 @@ def run(experiments: list[Experiment], reflections: ReflectionTable, params: Par
     summary = {"result": result, "merging_statistics": output.statistics, "report": output.report,
                "scaling_summary": format_scaling_summary(result),
                "filtering_log": format_filtering_log(result.filtering, options.mode) if result.filtering else None,
+               "reindexed": [[k, op] for k, op in prepared.reindexed],
                **result.summary()}
     return StepResult(output.experiments, output.reflections, summary)
 
