@@ -1,5 +1,6 @@
 """Synthetic multi-crystal scaling input with exact truth (Wilson intensities, smooth scale and B per
-image, Gaussian noise with an error model a, b, scrambled images, a non-isomorphous crystal)."""
+image, Gaussian noise with an error model a, b, scrambled images, a non-isomorphous crystal), and
+crystals indexed in known alternative settings (indexing ambiguity)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from algorithms.merging.symmetry import point_group_rotations
+from algorithms.merging.symmetry import map_to_asu, point_group_rotations
 from algorithms.scaling.data import CorrectedIntensities, DatasetScan, ScalingData
 
 MYD88_CELL = (99.06, 31.01, 54.30, 90.0, 107.7, 90.0)
@@ -82,3 +83,33 @@ def simulate_scaling(n_datasets: int = 18, n_images: int = 72, width_deg: float 
                        unit_cell=cell, s0c=c["s0c"], s1c=c["s1c"])
     return SimulatedScaling(data=data, true_intensity=truth, asu_index=asu, true_g=c["g"], observation_truth=c["true"],
                             corrupted_images=corrupted, bad_dataset=bad_dataset, error_a=error_a, error_b=error_b)
+
+
+def simulate_ambiguous_crystals(cell, space_group, settings, true_symmetry=None, n_obs=500, d_min=3.0, seed=0):
+    """Crystals observing random symmetry equivalents of one set of true intensities, each then
+    indexed in its own setting: observed h = P·h_true with P = settings[k] (None = as is).
+
+    ``true_symmetry``: space group whose ASU the true intensities are drawn in (a higher symmetry
+    than ``space_group`` makes the alternative indexings true symmetries of the data)."""
+    rng = np.random.default_rng(seed)
+    sg = gemmi.SpaceGroup(space_group)
+    asu = gemmi.make_miller_array(cell, sg, d_min, 0).astype(np.int64)
+    d = np.asarray(cell.calculate_d_array(asu.astype(np.int32)))
+    mean = 1000.0 * np.exp(-10.0 / (2 * d**2))
+    if true_symmetry is None:
+        truth = rng.exponential(mean)
+    else:
+        mapping = map_to_asu(asu, gemmi.SpaceGroup(true_symmetry))
+        truth = rng.exponential(1.0, len(mapping.unique_asu_index))[mapping.group] * mean
+    rotations = point_group_rotations(sg)
+    columns = {"dataset": [], "hkl": [], "intensity": [], "d": []}
+    for k, setting in enumerate(settings):
+        rows = rng.choice(len(asu), n_obs, replace=False)
+        hkl = np.einsum("ni,nij->nj", asu[rows], rotations[rng.integers(0, len(rotations), n_obs)])
+        scale = rng.uniform(0.3, 3.0) * np.exp(-rng.uniform(0, 10) / (2 * d[rows] ** 2))
+        intensity = scale * truth[rows] + rng.normal(0, 1, n_obs) * np.sqrt(scale * truth[rows] + 20.0)
+        if setting is not None:
+            hkl = hkl @ np.asarray(setting).T
+        for key, value in (("dataset", np.full(n_obs, k)), ("hkl", hkl), ("intensity", intensity), ("d", d[rows])):
+            columns[key].append(value)
+    return {key: np.concatenate(value) for key, value in columns.items()}, sg

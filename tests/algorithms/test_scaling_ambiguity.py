@@ -3,41 +3,12 @@ import gemmi
 import numpy as np
 import pytest
 
-from algorithms.merging.symmetry import map_to_asu, point_group_rotations
+from algorithms.merging.symmetry import point_group_rotations
 from algorithms.scaling.ambiguity import alternative_indexings, hkl_triplet, resolve_indexing_ambiguity
+from scaling_simulation import simulate_ambiguous_crystals
 
 P4_CELL = gemmi.UnitCell(79, 79, 38, 90, 90, 90)
 P3_CELL = gemmi.UnitCell(60, 60, 90, 90, 90, 120)
-
-
-def _simulate(cell, space_group, settings, true_symmetry=None, n_obs=500, d_min=3.0, seed=0):
-    """Crystals observing random symmetry equivalents of one set of true intensities, each then
-    indexed in its own setting: observed h = P·h_true with P = settings[k] (None = as is).
-
-    ``true_symmetry``: space group whose ASU the true intensities are drawn in (a higher symmetry
-    than ``space_group`` makes the alternative indexings true symmetries of the data)."""
-    rng = np.random.default_rng(seed)
-    sg = gemmi.SpaceGroup(space_group)
-    asu = gemmi.make_miller_array(cell, sg, d_min, 0).astype(np.int64)
-    d = np.asarray(cell.calculate_d_array(asu.astype(np.int32)))
-    mean = 1000.0 * np.exp(-10.0 / (2 * d**2))
-    if true_symmetry is None:
-        truth = rng.exponential(mean)
-    else:
-        mapping = map_to_asu(asu, gemmi.SpaceGroup(true_symmetry))
-        truth = rng.exponential(1.0, len(mapping.unique_asu_index))[mapping.group] * mean
-    rotations = point_group_rotations(sg)
-    columns = {"dataset": [], "hkl": [], "intensity": [], "d": []}
-    for k, setting in enumerate(settings):
-        rows = rng.choice(len(asu), n_obs, replace=False)
-        hkl = np.einsum("ni,nij->nj", asu[rows], rotations[rng.integers(0, len(rotations), n_obs)])
-        scale = rng.uniform(0.3, 3.0) * np.exp(-rng.uniform(0, 10) / (2 * d[rows] ** 2))
-        intensity = scale * truth[rows] + rng.normal(0, 1, n_obs) * np.sqrt(scale * truth[rows] + 20.0)
-        if setting is not None:
-            hkl = hkl @ np.asarray(setting).T
-        for key, value in (("dataset", np.full(n_obs, k)), ("hkl", hkl), ("intensity", intensity), ("d", d[rows])):
-            columns[key].append(value)
-    return {key: np.concatenate(value) for key, value in columns.items()}, sg
 
 
 def _resolve(simulated, sg, operators, n_crystals):
@@ -63,7 +34,7 @@ def test_alternative_indexings_are_the_twin_laws_of_the_lattice():
 def test_p4_crystals_indexed_by_the_twin_law_are_brought_back(flipped):
     operators = alternative_indexings(P4_CELL, gemmi.SpaceGroup("P 4"))
     twin = operators[1]
-    simulated, sg = _simulate(P4_CELL, "P 4", [twin if k in flipped else None for k in range(12)])
+    simulated, sg = simulate_ambiguous_crystals(P4_CELL, "P 4", [twin if k in flipped else None for k in range(12)])
     result = _resolve(simulated, sg, operators, 12)
     minority = flipped if len(flipped) <= 6 else set(range(12)) - flipped  # as few crystals as possible reindexed
     assert {k for k, op in result.reindexed()} == minority
@@ -78,7 +49,7 @@ def test_p3_crystals_in_four_settings_end_in_one():
     sg = gemmi.SpaceGroup("P 3")
     operators = alternative_indexings(P3_CELL, sg)
     applied = [0, 1, 2, 3, 0, 0, 2, 1, 3, 0]
-    simulated, _ = _simulate(P3_CELL, "P 3", [operators[a] for a in applied], n_obs=800, seed=4)
+    simulated, _ = simulate_ambiguous_crystals(P3_CELL, "P 3", [operators[a] for a in applied], n_obs=800, seed=4)
     result = _resolve(simulated, sg, operators, len(applied))
     # The reindexing undoes what was applied: P_assigned·P_applied is one and the same setting
     # (here the identity, the most common one) for every crystal, up to the symmetry of P3.
@@ -93,7 +64,7 @@ def test_twin_law_that_is_a_true_symmetry_leaves_crystals_as_indexed():
     """Lysozyme is P4₃2₁2: processed in P4, k,h,−l maps the intensities onto themselves and there is
     nothing to resolve; no crystal may be flipped on noise."""
     operators = alternative_indexings(P4_CELL, gemmi.SpaceGroup("P 4"))
-    simulated, sg = _simulate(P4_CELL, "P 4", [operators[1] if k % 3 == 0 else None for k in range(9)],
+    simulated, sg = simulate_ambiguous_crystals(P4_CELL, "P 4", [operators[1] if k % 3 == 0 else None for k in range(9)],
                               true_symmetry="P 4 2 2", seed=2)
     result = _resolve(simulated, sg, operators, 9)
     assert result.reindexed() == []
