@@ -46,14 +46,22 @@ def _matched(table, truth):
     return np.array(pairs).T
 
 
-def test_profile_model_estimates_are_near_the_truth(integrated):
-    model = integrated.summary["experiments"][0]["profile_model"]
-    # DIALS' estimators see only strong pixels and so run narrow; re-measured on the whole
-    # background-subtracted reference shoeboxes, σb and σm come within a few per cent
-    assert model["dials_sigma_b_deg"] < 0.95 * 0.004 and model["dials_sigma_m_deg"] < 0.95 * 1.1
-    assert model["sigma_b_deg"] == pytest.approx(0.004, rel=0.04)
-    assert model["sigma_m_deg"] == pytest.approx(1.1, rel=0.04)
-    assert integrated.experiments[0].profile["sigma_m"] == model["sigma_m_deg"]
+@pytest.fixture(scope="module")
+def integrated_refined_sigma(simulated):
+    return _integrate(simulated, "refine_sigma=True")
+
+
+def test_profile_model_estimates_are_near_the_truth(integrated, integrated_refined_sigma):
+    dials_like = integrated.summary["experiments"][0]["profile_model"]
+    # DIALS' estimators see only strong pixels and so run narrow (8-11 %)
+    assert 0.85 * 0.004 < dials_like["sigma_b_deg"] < 0.95 * 0.004
+    assert 0.85 * 1.1 < dials_like["sigma_m_deg"] < 0.95 * 1.1
+    assert integrated.experiments[0].profile["sigma_m"] == dials_like["sigma_m_deg"]
+    # re-measured on the whole background-subtracted reference shoeboxes: within a few per cent
+    refined = integrated_refined_sigma.summary["experiments"][0]["profile_model"]
+    assert refined["dials_sigma_b_deg"] == dials_like["sigma_b_deg"]
+    assert refined["sigma_b_deg"] == pytest.approx(0.004, rel=0.04)
+    assert refined["sigma_m_deg"] == pytest.approx(1.1, rel=0.04)
 
 
 def test_most_predicted_reflections_are_integrated(integrated):
@@ -91,24 +99,33 @@ def test_profile_fitting_beats_summation_on_weak_reflections(integrated, simulat
     assert i_over_s("intensity.prf.value", "intensity.prf.variance") > i_over_s("intensity.sum.value", "intensity.sum.variance")
 
 
-def test_errors_are_calibrated_against_the_true_counts(integrated, simulated):
-    """(I − I_true)/σ of fully recorded reflections: unbiased, and of unit spread where the
-    counting error dominates (true I/σ < 10; stronger ones carry the profile's own error)."""
-    t = integrated.reflections
-    truth = simulated[2]
+def _z_scores(result, truth, value, variance, flag, divide):
+    """(I − I_true)/σ of fully recorded reflections, and their true I/σ."""
+    t = result.reflections
     i_t, j_t = _matched(t, truth)
-    full = truth["partiality"][j_t] > 0.99
+    ok = (truth["partiality"][j_t] > 0.99) & t.get_flags(flag)[i_t]
     expected = truth["counts"][j_t] / truth["partiality"][j_t]
-    for value, variance, flag, divide in (("intensity.sum.value", "intensity.sum.variance", Flags.integrated_sum, True),
-                                          ("intensity.prf.value", "intensity.prf.variance", Flags.integrated_prf, False)):
-        ok = full & t.get_flags(flag)[i_t]
-        scale = t["partiality"][i_t] if divide else 1.0
-        sigma = np.sqrt(np.abs(t[variance][i_t])) / scale
-        z = ((t[value][i_t] / scale - expected) / sigma)[ok]
-        weak = (expected / sigma)[ok] < 10
-        assert ok.sum() > 1000
-        assert abs(np.mean(z)) < 0.2, (value, np.mean(z))
-        assert 0.85 < np.std(z[weak]) < 1.25, (value, np.std(z[weak]))
+    scale = t["partiality"][i_t] if divide else 1.0
+    sigma = np.sqrt(np.abs(t[variance][i_t])) / scale
+    return ((t[value][i_t] / scale - expected) / sigma)[ok], (expected / sigma)[ok]
+
+
+def test_errors_are_calibrated_against_the_true_counts(integrated, integrated_refined_sigma, simulated):
+    """Profile fitting: unbiased with unit spread. Summation: unit spread where counting
+    dominates; with DIALS' narrow σb its ±3σ foreground loses ~2 % (z ≈ −0.3), which the
+    re-measured σb (refine_sigma=True) removes."""
+    truth = simulated[2]
+    z, i_over_sigma = _z_scores(integrated, truth, "intensity.prf.value", "intensity.prf.variance",
+                                Flags.integrated_prf, False)
+    assert len(z) > 1000
+    assert abs(np.mean(z)) < 0.1 and 0.9 < np.std(z) < 1.25, (np.mean(z), np.std(z))
+    z, i_over_sigma = _z_scores(integrated, truth, "intensity.sum.value", "intensity.sum.variance",
+                                Flags.integrated_sum, True)
+    assert -0.45 < np.mean(z) < -0.1
+    assert 0.85 < np.std(z[i_over_sigma < 10]) < 1.25
+    z, _ = _z_scores(integrated_refined_sigma, truth, "intensity.sum.value", "intensity.sum.variance",
+                     Flags.integrated_sum, True)
+    assert abs(np.mean(z)) < 0.2
 
 
 def test_results_do_not_depend_on_the_chunking(simulated, integrated):
