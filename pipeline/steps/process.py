@@ -32,7 +32,7 @@ from pipeline.cluster import cluster_client
 from pipeline.errors import ParameterError
 from pipeline.params import param, replace_parameter, scope
 from pipeline.steps import StepResult, export, find_spots, import_, index, integrate, merge, refine, scale
-from pipeline.workflow import DatasetFailure, is_done, load_outputs, save_outputs, step_key
+from pipeline.workflow import DatasetFailure, is_done, load_outputs, record_of, save_outputs, step_key
 
 NAME = "process"
 HELP = "Process many sweeps from images to merged MTZ in one Dask run (import ... scale, export, merge)."
@@ -79,6 +79,9 @@ class Params:
     axis_search_sweeps: int = param(
         3, "With goniometer.axis=auto, search the axis on this many sweeps (those with most spots) and use their "
            "consensus for all: the axis belongs to the instrument.")
+    filter_images: bool = param(
+        True, "Scale with ΔCC½ filtering of single images, as the walk-through (scale.filtering.method=deltacchalf "
+              "deltacchalf.mode=image_group deltacchalf.group_size=1), unless scale.filtering.method is set.")
     workdir: str = param(".", "Folder for the outputs: one subfolder per data set and scale/ for the merged results.")
     cluster: ClusterOptions = scope(ClusterOptions, "The Dask cluster.")
     find_spots: find_spots.Params = scope(find_spots.Params, "Spot finding (as ewald find_spots).")
@@ -205,6 +208,10 @@ def _step_params(params: Params, experiment: Experiment) -> tuple:
     if params.unit_cell is not None:
         ix = replace_parameter(ix, "indexing.known_symmetry.unit_cell", tuple(params.unit_cell))
     sc, mg = params.scale, params.merge
+    if params.filter_images and sc.filtering.method is None:
+        sc = replace_parameter(sc, "filtering.method", "deltacchalf")
+        sc = replace_parameter(sc, "filtering.deltacchalf.mode", "image_group")
+        sc = replace_parameter(sc, "filtering.deltacchalf.group_size", 1)
     if params.d_min is not None:
         sc = replace_parameter(sc, "cut_data.d_min", params.d_min)
         mg = replace_parameter(mg, "d_min", params.d_min)
@@ -447,7 +454,18 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
                         experiment = experiment.copy()
                         experiment.detector.set_distance_mm(start_mm)
                         experiments[name] = experiment
-            calibration, failures = _first_pass(experiments, params, active, find_axis, find_distance)
+            first_pass_key = step_key("first_pass", params, repr(sorted(
+                (n, repr(sorted(e.imageset.items())), e.detector.origin.tolist()) for n, e in experiments.items())))
+            if is_done(workdir, "first_pass", first_pass_key):
+                record = record_of(workdir, "first_pass")
+                calibration = record["calibration"]
+                failures = {n: DatasetFailure(**f) for n, f in record["failures"].items()}
+                logger.info("Using the rotation axis and distance found by an earlier run (%s)", workdir / ".ewald")
+            else:
+                calibration, failures = _first_pass(experiments, params, active, find_axis, find_distance)
+                save_outputs(workdir, "first_pass", first_pass_key, extra={
+                    "calibration": _jsonable(calibration),
+                    "failures": {n: {"dataset": f.dataset, "step": f.step, "reason": f.reason} for n, f in failures.items()}})
             for name, failure in failures.items():
                 outcomes[name].failure = failure
                 experiments.pop(name, None)
@@ -577,19 +595,24 @@ def _record(folder: Path, step: str) -> dict:
 
 
 def _attach_image_outcomes(result: ProcessResult) -> None:
-    """Images kept/removed per data set, from the valid image ranges scaling left."""
+    """Images kept/removed per data set, from the valid image ranges scaling left (a crystal
+    that scaling removed is absent from the scaled experiments: all its images are removed)."""
     if result.scaled is None:
         return
-    good = [o for o in result.datasets if o.failure is None]
-    removed_crystals = set(result.scaled.summary.get("removed_datasets", []) or [])
-    for i, (outcome, experiment) in enumerate(zip(good, result.scaled.experiments)):
-        n = experiment.scan.num_images
-        ranges = experiment.scan.valid_image_ranges.get(experiment.identifier) or [list(experiment.scan.image_range)]
-        kept = sum(b - a + 1 for a, b in ranges)
-        if i in removed_crystals:
+    scaled = {e.imageset.get("template"): e for e in result.scaled.experiments}
+    for outcome in result.datasets:
+        if outcome.failure is not None or outcome.experiment is None:
+            continue
+        n = outcome.experiment.scan.num_images
+        experiment = scaled.get(outcome.experiment.imageset.get("template"))
+        if experiment is None:
             kept = 0
+        else:
+            ranges = experiment.scan.valid_image_ranges.get(experiment.identifier) or [list(experiment.scan.image_range)]
+            kept = sum(b - a + 1 for a, b in ranges)
         outcome.summary["images_kept"] = kept
         outcome.summary["images_removed"] = n - kept
+        outcome.summary["removed_by_scaling"] = experiment is None
 
 
 # ------------------------------------------------------------------------------ reports
@@ -610,6 +633,8 @@ def format_dataset_table(result: ProcessResult) -> str:
         r = r[0] if isinstance(r, list) else r
         rmsd = f"{r.get('x_px', float('nan')):.2f}, {r.get('y_px', float('nan')):.2f}, {r.get('z_images', float('nan')):.2f}"
         kept = f"{s.get('images_kept', '-')}/{s.get('images_removed', '-')}"
+        if s.get("removed_by_scaling"):
+            kept = "removed: non-isomorphous"
         lines.append(f"{outcome.name:<10} {'ok':<8} {s['space_group']:<11} {cell:<44} {rmsd:<24} "
                      f"{s['n_integrated']:>10d} {kept:>20}")
     return "\n".join(lines)
