@@ -119,3 +119,47 @@ def edge_groups_below(groups: ImageGroups, below: np.ndarray) -> np.ndarray:
             remove[members[hi]] = True
             hi -= 1
     return remove
+
+
+def group_intensity_ratios(reflection: np.ndarray, n_reflections: int, scaled: np.ndarray, scaled_variance: np.ndarray,
+                           group: np.ndarray, n_groups: int, min_observations: int = 20,
+                           min_i_over_sigma: float = 2.0) -> np.ndarray:
+    """Intensity of each group relative to the scaling model: Σ I_l / Σ Ĩ_h,−l over the group's
+    observations (I = I/g), Ĩ_h,−l being the 1/σ²-weighted mean of the *other* observations of the
+    same unique reflection; only observations whose Ĩ_h,−l is significant (Ĩ > min_i_over_sigma·σ(Ĩ))
+    count, so the ratio of sums is led by strong reflections and Ĩ, chosen independently of I_l, does
+    not bias it. NaN for groups with fewer than ``min_observations`` such observations.
+
+    Complements ΔCC½: a frame recorded without diffraction takes away the share of every reflection
+    recorded on it, so the reflections centred on it are uniformly weak — a deficit the correlation
+    barely sees, but the ratio does (ewald)."""
+    usable = (group >= 0) & (scaled_variance > 0)
+    weight = np.divide(1.0, scaled_variance, out=np.zeros(len(scaled)), where=usable)
+    sum_w = np.bincount(reflection, weight, n_reflections)
+    sum_wi = np.bincount(reflection, weight * scaled, n_reflections)
+    n_obs = np.bincount(reflection, usable.astype(float), n_reflections)
+    other_w = sum_w[reflection] - weight
+    has_other = usable & (n_obs[reflection] - 1 >= 1) & (other_w > 0)
+    other_mean = np.divide(sum_wi[reflection] - weight * scaled, other_w, out=np.zeros(len(scaled)), where=has_other)
+    strong = has_other & (other_mean * np.sqrt(np.where(has_other, other_w, 0.0)) > min_i_over_sigma)
+    rows = group[strong]
+    numerator = np.bincount(rows, scaled[strong], n_groups)
+    denominator = np.bincount(rows, other_mean[strong], n_groups)
+    count = np.bincount(rows, minlength=n_groups)
+    return np.where(count >= min_observations, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
+def ratio_outliers(ratio: np.ndarray, stdcutoff: float, min_deviation: float,
+                   flag_excess: bool = False) -> tuple[np.ndarray, float, float]:
+    """Groups whose ratio lies below median − max(stdcutoff·1.4826·MAD, min_deviation) of the finite
+    ratios (NaN = too few observations, never flagged), or with ``flag_excess`` also above median + the
+    same; returns the flags and the lower and upper limits. ``min_deviation`` keeps a model that fits
+    very well (tiny MAD) from flagging ordinary scatter. Excess is off by default: on the simulated
+    MyD88 job it flagged only images ΔCC½ removes anyway, or good ones (good images removed 2.3 % → 3.2 %)."""
+    finite = np.isfinite(ratio)
+    if finite.sum() < 3:
+        return np.zeros(len(ratio), bool), -np.inf, np.inf
+    median = float(np.median(ratio[finite]))
+    half_width = max(stdcutoff * 1.4826 * float(np.median(np.abs(ratio[finite] - median))), min_deviation)
+    lower, upper = median - half_width, median + half_width
+    return finite & ((ratio < lower) | (flag_excess & (ratio > upper))), lower, upper

@@ -21,6 +21,11 @@ as non-isomorphous; so is, before scaling, a crystal whose refined cell is far f
 (median) cell (``max_cell_deviation_percent`` of a length or ``max_cell_deviation_deg``).
 Groups are judged against a robust cutoff, median − stdcutoff·1.4826·MAD of ΔCC½, and only if their
 ΔCC½ is negative (``cutoff_rule = 'robust'``; DIALS' mean − stdcutoff·SD is ``'mean_sd'``).
+In image_group mode a second test (``intensity_ratio_filter``) removes, in the same cycle, blocks whose
+intensities are systematically below the model (Σ I/g over Σ Ĩ of the other observations below
+median − stdcutoff·1.4826·MAD across blocks, and by at least ``intensity_ratio_min_deviation``; above
+too with ``intensity_ratio_flag_excess``):
+a frame without diffraction leaves the reflections centred on it uniformly weak, which ΔCC½ barely sees.
 Observations whose inverse scale g falls below ``min_relative_inverse_scale`` (0.1) × the median g of
 their crystal are excluded after every minimisation: there the smooth scale extrapolates towards zero
 where a crystal stops diffracting, and I/g explodes (DIALS has no such rule; None switches it off).
@@ -37,8 +42,8 @@ from algorithms.merging.statistics import MergingStatistics, merging_statistics
 from algorithms.merging.symmetry import map_to_asu
 from algorithms.scaling.combine import PROFILE_ONLY, SUM_ONLY, choose_combination, combine_intensities
 from algorithms.scaling.data import ScalingData, cell_outlier_datasets, excluded_for_scaling
-from algorithms.scaling.delta_cc_half import (cutoff, delta_cc_half, edge_groups_below, image_groups,
-                                              resolution_bins_inverse_d2, robust_cutoff)
+from algorithms.scaling.delta_cc_half import (cutoff, delta_cc_half, edge_groups_below, group_intensity_ratios, image_groups,
+                                              ratio_outliers, resolution_bins_inverse_d2, robust_cutoff)
 from algorithms.scaling.error_model import ErrorModel, refine_error_model
 from algorithms.scaling.grouping import weighted_group_means
 from algorithms.scaling.model import ModelOptions, PhysicalModel
@@ -82,6 +87,10 @@ class ScalingOptions:
     image_group_removal: str = "anywhere"  # anywhere (ewald) | edges (DIALS)
     remove_non_isomorphous: bool = True
     include_outliers_in_delta_cc_half: bool = True  # ewald; DIALS analyses only non-outliers
+    intensity_ratio_filter: bool = True  # ewald: image_group mode, also remove blocks below the model's intensity
+    intensity_ratio_min_deviation: float = 0.1  # least median − ratio flagged, whatever the MAD
+    intensity_ratio_min_observations: int = 20  # blocks with fewer strong observations are not judged
+    intensity_ratio_flag_excess: bool = False  # also remove blocks above the model (not only below)
     max_cell_deviation_percent: float | None = 5.0  # ewald: drop crystals whose cell is off the consensus
     max_cell_deviation_deg: float = 5.0
     seed: int = 0
@@ -117,6 +126,9 @@ class FilteringCycle:
     dataset_delta_cc_half: np.ndarray | None
     n_removed: int
     cumulative_percent_removed: float
+    intensity_ratio: np.ndarray | None = None  # per group: Σ I/g / Σ Ĩ (NaN = too few observations)
+    intensity_ratio_limits: tuple | None = None  # (lower, upper)
+    removed_by_ratio: list = field(default_factory=list)  # (dataset, first, last, ratio)
 
 
 @dataclass
@@ -139,7 +151,11 @@ class FilteringResult:
                    "removed_datasets": list(c.removed_datasets),
                    "groups": {"dataset": c.group_dataset.tolist(), "first_image": c.group_first_image.tolist(),
                               "last_image": c.group_last_image.tolist(), "delta_cc_half": c.delta_cc_half.tolist()},
-                   "dataset_delta_cc_half": None if c.dataset_delta_cc_half is None else c.dataset_delta_cc_half.tolist()}
+                   "dataset_delta_cc_half": None if c.dataset_delta_cc_half is None else c.dataset_delta_cc_half.tolist(),
+                   "intensity_ratio": None if c.intensity_ratio is None else
+                   [None if not np.isfinite(v) else float(v) for v in c.intensity_ratio],
+                   "intensity_ratio_limits": None if c.intensity_ratio_limits is None else list(c.intensity_ratio_limits),
+                   "removed_by_intensity_ratio": [list(r) for r in c.removed_by_ratio]}
                   for c in self.cycles]
         return {"cycles": cycles, "termination_reason": self.termination_reason,
                 "removed_image_ranges": [list(r) for r in self.removed_ranges],
@@ -364,7 +380,8 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
         return cc, present, delta
 
     removed_ranges, kept_below, removed_datasets = [], [], []
-    dataset_values = None
+    dataset_values = ratio = ratio_limits = None
+    removed_by_ratio = []
     if options.mode == "dataset":
         cc_all, present, delta = dataset_delta()
         group_dataset = present
@@ -389,10 +406,23 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
         below_judged, limit = _below_cutoff(delta[judged], options)
         below = np.zeros(len(delta), bool)
         below[np.nonzero(judged)[0]] = below_judged
+        if options.intensity_ratio_filter:
+            variance = scaler.variance[idx] / g[idx] ** 2
+            ratio = group_intensity_ratios(reflection, scaler.n_groups, scaled, variance, groups.group[idx], len(delta),
+                                           options.intensity_ratio_min_observations)
+            ratio[~judged] = np.nan
+            off_model, lower, upper = ratio_outliers(ratio, options.stdcutoff, options.intensity_ratio_min_deviation,
+                                                     options.intensity_ratio_flag_excess)
+            ratio_limits = (lower, upper)
+            below |= off_model
         remove = edge_groups_below(groups, below) if options.image_group_removal == "edges" else below
         removed_ranges = [(int(k), int(a), int(b)) for k, a, b in zip(group_dataset[remove], first[remove], last[remove])]
         kept_below = [(int(k), int(a), int(b)) for k, a, b in zip(group_dataset[below & ~remove], first[below & ~remove],
                                                                    last[below & ~remove])]
+        if ratio is not None:
+            by_ratio = remove & off_model
+            removed_by_ratio = [(int(k), int(a), int(b), float(r)) for k, a, b, r in
+                                zip(group_dataset[by_ratio], first[by_ratio], last[by_ratio], ratio[by_ratio])]
 
     newly = np.zeros(len(data), bool)
     for k in removed_datasets:
@@ -408,7 +438,9 @@ def _analyse_and_remove(scaler: _JointScaler, cycle: int, n_initial: int, remove
                           group_first_image=first, group_last_image=last, delta_cc_half=delta,
                           removed_ranges=removed_ranges, below_cutoff_kept=kept_below, removed_datasets=removed_datasets,
                           dataset_delta_cc_half=dataset_values, n_removed=n_removed,
-                          cumulative_percent_removed=100.0 * (removed_so_far + n_removed) / max(n_initial, 1))
+                          cumulative_percent_removed=100.0 * (removed_so_far + n_removed) / max(n_initial, 1),
+                          intensity_ratio=ratio, intensity_ratio_limits=ratio_limits,
+                          removed_by_ratio=[r for r in removed_by_ratio if r[0] not in removed_datasets])
 
 
 def _valid_image_ranges(data: ScalingData, removed_datasets: list, removed_ranges: list) -> list[list[tuple[int, int]]]:

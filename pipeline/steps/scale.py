@@ -125,6 +125,11 @@ class DeltaCcHalf:
                                       "inflates the SD so that mean − 4·SD flags nothing); False = DIALS' mean − stdcutoff·SD.")
     dials_end_trimming: bool = param(False, "image_group mode: remove only groups at the ends of a sweep, as DIALS does "
                                             "(ewald's default also removes bad groups inside a sweep).")
+    intensity_ratio_filter: bool = param(
+        True, "image_group mode: also remove groups whose intensities are systematically off the scaling model "
+              "(Σ I/g over Σ Ĩ of the other observations below median − stdcutoff·1.4826·MAD and by ≥ 10 %; "
+              "catches frames recorded without diffraction, which ΔCC½ barely sees). ewald only: off with "
+              "dials_end_trimming=True or robust_cutoff=False.")
 
 
 @dataclass
@@ -403,7 +408,8 @@ def scaling_options(params: Params) -> ScalingOptions:
         max_cycles=delta.max_cycles, max_percent_removed=delta.max_percent_removed,
         min_completeness=delta.min_completeness, mode=delta.mode, group_size=delta.group_size,
         stdcutoff=delta.stdcutoff, cutoff_rule="robust" if delta.robust_cutoff else "mean_sd", image_group_removal="edges" if delta.dials_end_trimming else "anywhere",
-        remove_non_isomorphous=params.filtering.nonisomorphism.remove)
+        remove_non_isomorphous=params.filtering.nonisomorphism.remove,
+        intensity_ratio_filter=delta.intensity_ratio_filter and delta.robust_cutoff and not delta.dials_end_trimming)
 
 
 def _parameter_block(values: np.ndarray, esds: np.ndarray, null_value: float) -> dict:
@@ -558,7 +564,11 @@ def filtering_report(filtering: FilteringResult, mode: str) -> dict:
                     "removed_image_ranges": [list(r) for r in c.removed_ranges],
                     "removed_datasets": list(c.removed_datasets),
                     "delta_cc_half_values": [[int(k), int(a), int(b), float(v)] for k, a, b, v in
-                                             zip(c.group_dataset, c.group_first_image, c.group_last_image, c.delta_cc_half)]}
+                                             zip(c.group_dataset, c.group_first_image, c.group_last_image, c.delta_cc_half)],
+                    "removed_by_intensity_ratio": [list(r) for r in c.removed_by_ratio],
+                    "intensity_ratio": None if c.intensity_ratio is None else
+                    [None if not np.isfinite(v) else float(v) for v in c.intensity_ratio],
+                    "intensity_ratio_limits": None if c.intensity_ratio_limits is None else list(c.intensity_ratio_limits)}
                    for c in filtering.cycles],
         "removed_image_ranges": [[f"crystal {k}", a, b] for k, a, b in filtering.removed_ranges],
         "removed_datasets": [f"crystal {k}" for k in filtering.removed_datasets],
@@ -581,7 +591,13 @@ def format_filtering_log(filtering: FilteringResult, mode: str) -> str:
                   f"cutoff value: {100 * c.cutoff:.4f}"]
         for k, a, b in c.below_cutoff_kept:
             lines.append(f"Image range ({a}, {b}) of experiment {k} is below the cutoff, but not at the edge of a sweep")
-        lines += [f"Removing image range ({a}, {b}) from experiment {k}" for k, a, b in c.removed_ranges]
+        if c.intensity_ratio_limits is not None:
+            lines.append(f"intensity ratio to the model: cutoff {c.intensity_ratio_limits[0]:.3f} "
+                         f"(excess cutoff {c.intensity_ratio_limits[1]:.3f}, if enabled)")
+        by_ratio = {(k, a, b): r for k, a, b, r in c.removed_by_ratio}
+        lines += [f"Removing image range ({a}, {b}) from experiment {k}"
+                  + (f": intensities {100 * by_ratio[(k, a, b)]:.0f}% of the model" if (k, a, b) in by_ratio else "")
+                  for k, a, b in c.removed_ranges]
         lines += [f"Removing experiment {k} (whole crystal)" for k in c.removed_datasets]
         lines.append(f"Cycle {c.cycle} of filtering, n_reflections removed this cycle: {c.n_removed}")
     lines += ["", f"Filtering finished: {filtering.termination_reason}", "",
