@@ -203,7 +203,7 @@ def test_rerun_after_an_interrupt_redoes_only_the_unfinished_steps(job, referenc
     # data set 2 (experiment 1 of the run) is integrated again from its refined files; 1 is loaded
     assert {"load-integrated-1", "load-refined-2", "integrated-2", "integrate-finish-ds1", "scale"} <= ran, ran
     assert not any(re.match(r"(find_spots|strong|index|refine)-[12](-|$)", k) for k in ran), ran
-    assert not any(re.match(r"integrate(-prepare|-finish)?-ds0(-|$)", k) for k in ran), ran
+    assert not any(re.match(r"integrate-([a-z]+-)*ds0(-|$)", k) for k in ran), ran
     # only data set 2's integration record was written again
     assert _record_times(workdir / "1") == records["1"]
     after = _record_times(workdir / "2")
