@@ -196,13 +196,9 @@ def _step_params(params: Params, experiment: Experiment) -> tuple:
     ix, rf = params.index, params.refine
     if is_electron and params.electron_fix_distance:
         # distance and cell scale together for a flat Ewald sphere: refine one, never both
-        for name in ("ix", "rf"):
-            step = ix if name == "ix" else rf
-            path = "refinement.parameterisation.detector.fix"
-            fixed = step.refinement.parameterisation.detector.fix
-            if not fixed:
-                step = replace_parameter(step, path, ["distance", "orientation"])
-            ix, rf = (step, rf) if name == "ix" else (ix, step)
+        ix, rf = (step if step.refinement.parameterisation.detector.fix else
+                  replace_parameter(step, "refinement.parameterisation.detector.fix", ["distance", "orientation"])
+                  for step in (ix, rf))
     if params.space_group is not None:
         ix = replace_parameter(ix, "indexing.known_symmetry.space_group", params.space_group)
     if params.unit_cell is not None:
