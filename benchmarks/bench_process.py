@@ -15,8 +15,9 @@ Usage: ``python benchmarks/bench_process.py [--cache FOLDER] [--crystals 6 18 54
    the known cell, on the largest worker count.
    Recorded: the ProcessResult timings (wall per phase), the Dask task stream summed by step
    (compute seconds per step, the longest tasks), throughput (images per wall second), the peak
-   resident memory summed over this process and its worker processes (sampled every 0.2 s), the
-   data sets kept/failed and CC(merged, true) to 3.0 Å against the simulator's truth.
+   resident memory summed over this process and its worker processes (sampled every 0.2 s; also
+   each side's own peak), the data sets kept/failed and CC(merged, true) to 3.0 Å against the
+   simulator's truth.
 
 Writes ``benchmarks/results/bench_process.json`` (runs of earlier invocations with other settings
 are kept) and ``benchmarks/results/bench_process.png`` (images/s against workers and crystals).
@@ -67,19 +68,22 @@ class PeakMemory:
 
     def __init__(self, interval_s: float = 0.2):
         self.interval_s, self.peak_bytes = interval_s, 0
+        self.peak_client_bytes = self.peak_workers_bytes = 0  # this process alone; its descendants alone
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
+            client, workers = me.memory_info().rss, 0
+            for process in me.children(recursive=True):
                 try:
-                    total += process.memory_info().rss
+                    workers += process.memory_info().rss
                 except psutil.Error:
                     pass
-            self.peak_bytes = max(self.peak_bytes, total)
+            self.peak_bytes = max(self.peak_bytes, client + workers)
+            self.peak_client_bytes = max(self.peak_client_bytes, client)
+            self.peak_workers_bytes = max(self.peak_workers_bytes, workers)
             self._stop.wait(self.interval_s)
 
     def __enter__(self):
@@ -145,6 +149,8 @@ def run_once(datasets: list[str], workers: int, parameters: dict, truth: Path, c
             "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
             "images": n_images, "images_per_s": round(n_images / result.timings["total"], 2),
             "peak_rss_mb": round(memory.peak_bytes / 2**20, 1),
+            "peak_rss_client_mb": round(memory.peak_client_bytes / 2**20, 1),
+            "peak_rss_workers_mb": round(memory.peak_workers_bytes / 2**20, 1),
             "n_failed": len(failed), "failed": failed, "removed_by_scaling": removed,
             "calibration": {k: v for k, v in result.calibration.items() if k in ("axis", "distance")},
             "cc_true": None if comparison is None else round(comparison["cc"], 4),
