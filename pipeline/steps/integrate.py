@@ -314,14 +314,15 @@ def _match_reference(table: dict | ReflectionTable, reflections: ReflectionTable
 
 
 def integration_graph(experiment, reflections, params: Params, stack, experiment_id: int = 0,
-                      sweep: Experiment | None = None):
+                      sweep: Experiment | None = None, name: str | None = None):
     """A Dask Delayed of the StepResult for one experiment, given its lazy image ``stack``.
 
     ``experiment`` and ``reflections`` may themselves be Delayed (the results of refinement in
     the ``process`` graph); then ``sweep``, the imported experiment, gives the scan and the
-    detector mask that fix the chunk tasks when the graph is built.
+    detector mask that fix the chunk tasks when the graph is built. ``name`` labels the task
+    keys (default ``ds<experiment_id>``).
     """
-    name = f"ds{experiment_id}"
+    name = name or f"ds{experiment_id}"
     sweep = experiment if sweep is None else sweep
     prep = dask.delayed(prepare, pure=True)(experiment, reflections, params, dask_key_name=f"integrate-prepare-{name}")
     data = stack.data if hasattr(stack, "data") else stack

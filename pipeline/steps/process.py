@@ -18,6 +18,7 @@ import contextlib
 import logging
 import operator
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -215,7 +216,8 @@ def _step_params(params: Params, experiment: Experiment) -> tuple:
 
 
 def dataset_graph(name: str, experiment: Experiment, params: Params, folder: Path, experiment_id: int):
-    """The Delayed (experiment, integrated reflections) of one data set."""
+    """The Delayed (experiment, integrated reflections) of one data set; ``name`` labels its task
+    keys (unique per run, so two runs on one client never share results)."""
     from pipeline.images import open_image_stack
 
     fs, ix, rf, ig, _, _ = _step_params(params, experiment)
@@ -251,7 +253,7 @@ def dataset_graph(name: str, experiment: Experiment, params: Params, folder: Pat
     refined_table = dask.delayed(operator.getitem, pure=True)(refined, 1, dask_key_name=f"refined-refl-{name}")
     stack = open_image_stack(experiment, chunk_images=ig.chunk_images)
     integrated = integrate.integration_graph(refined_experiment, refined_table, ig, stack, experiment_id,
-                                             sweep=experiment)
+                                             sweep=experiment, name=name)
     return dask.delayed(_guarded, pure=True)("integrate", _integrated_task, integrated, folder, keys["integrate"],
                                              dask_key_name=f"integrated-{name}")
 
@@ -326,25 +328,25 @@ def _settle(futures: dict, step: str) -> tuple[dict, dict[str, DatasetFailure]]:
 
 
 def _first_pass(experiments: dict[str, Experiment], params: Params, client, find_axis: bool,
-                find_distance: bool) -> tuple[dict, dict[str, DatasetFailure]]:
+                find_distance: bool, token: str) -> tuple[dict, dict[str, DatasetFailure]]:
     """Spots at the header geometry; the rotation axis from the sweeps with most spots (the axis
     belongs to the instrument, so a few sweeps decide it for all); then every crystal's distance.
     The spot tables stay on the workers: tasks get them as futures."""
     spots = {}
     for i, (name, experiment) in enumerate(experiments.items()):
         found = find_spots.find_spots_graph(experiment, _step_params(params, experiment)[0], i,
-                                            name=f"first-pass-{name}")
+                                            name=f"first-pass-ds{name}-{token}")
         spots[name] = dask.delayed(operator.attrgetter("reflections"), pure=True)(
-            found, dask_key_name=f"first-pass-spots-{name}")
+            found, dask_key_name=f"first-pass-spots-ds{name}-{token}")
     strong = dict(zip(spots, client.compute(list(spots.values()))))
-    counts, failures = _settle({n: client.submit(len, f, key=f"count-spots-{n}") for n, f in strong.items()},
+    counts, failures = _settle({n: client.submit(len, f, key=f"count-spots-ds{n}-{token}") for n, f in strong.items()},
                                "find_spots")
     calibration: dict = {}
     axis = None
     if find_axis:
         ranked = sorted(counts, key=lambda n: -counts[n])[: params.axis_search_sweeps]
         tasks = {n: client.submit(_guarded, "find_rotation_axis", _axis_task, experiments[n], strong[n],
-                                  key=f"find_rotation_axis-{n}") for n in ranked}
+                                  key=f"find_rotation_axis-ds{n}-{token}") for n in ranked}
         found, axis_failures = _settle(tasks, "find_rotation_axis")
         if not found:
             reasons = "; ".join(f"{n}: {f.reason}" for n, f in axis_failures.items())
@@ -354,7 +356,7 @@ def _first_pass(experiments: dict[str, Experiment], params: Params, client, find
                            axis_tables={n: r["table"] for n, r in found.items()})
     if find_distance:
         tasks = {n: client.submit(_guarded, "calibrate_distance", _distance_task, experiments[n], strong[n], axis,
-                                  params, key=f"calibrate_distance-{n}") for n in counts}
+                                  params, key=f"calibrate_distance-ds{n}-{token}") for n in counts}
         distances, distance_failures = _settle(tasks, "calibrate_distance")
         if not distances:
             raise DataError("no crystal gave a distance against the known cell; check unit_cell= or give distance=")
@@ -412,6 +414,7 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
         raise ParameterError("give the data sets to process: folders of images, e.g. ewald process ../814/{1..18}")
     workdir = Path(params.workdir)
     names = _dataset_names(datasets)
+    token = uuid.uuid4().hex[:8]  # task keys are unique per run
     timings = {}
     start = time.perf_counter()
     outcomes: dict[str, DatasetOutcome] = {}
@@ -458,7 +461,7 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
                 failures = {n: DatasetFailure(**f) for n, f in record["failures"].items()}
                 logger.info("Using the rotation axis and distance found by an earlier run (%s)", workdir / ".ewald")
             else:
-                calibration, failures = _first_pass(experiments, params, active, find_axis, find_distance)
+                calibration, failures = _first_pass(experiments, params, active, find_axis, find_distance, token)
                 save_outputs(workdir, "first_pass", first_pass_key, extra={
                     "calibration": _jsonable(calibration),
                     "failures": {n: {"dataset": f.dataset, "step": f.step, "reason": f.reason} for n, f in failures.items()}})
@@ -483,11 +486,12 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
             timings["calibration"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        graphs = {name: dataset_graph(name, e, params, workdir / name, i) for i, (name, e) in enumerate(experiments.items())}
+        graphs = {name: dataset_graph(f"ds{name}-{token}", e, params, workdir / name, i)
+                  for i, (name, e) in enumerate(experiments.items())}
         futures = dict(zip(graphs, active.compute(list(graphs.values()))))
         _show_progress(list(futures.values()))
         # the integrated tables stay on the workers; the client gets each data set's summary
-        summaries, failures = _settle({n: active.submit(_summarise, f, key=f"summary-{n}") for n, f in futures.items()},
+        summaries, failures = _settle({n: active.submit(_summarise, f, key=f"summary-ds{n}-{token}") for n, f in futures.items()},
                                       "processing")
         for name, outcome in ((n, outcomes[n]) for n in futures):
             if name in failures:
@@ -505,7 +509,7 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
             try:
                 scaled, merged = active.submit(
                     _scale_export_merge, [futures[n] for n in good], [str(outcomes[n].folder) for n in good], params,
-                    workdir / "scale", key="scale").result()
+                    workdir / "scale", key=f"scale-{token}").result()
             except EwaldError as error:
                 raise DataError(f"scaling the {len(good)} integrated data sets failed: {error}") from None
             timings["scale"] = time.perf_counter() - t0
