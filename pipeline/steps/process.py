@@ -96,12 +96,12 @@ class Params:
 
 @dataclass
 class DatasetOutcome:
-    """What one data set gave: its integrated data, or why it failed."""
+    """What one data set gave: its integrated experiment and summary (the reflections are in
+    ``folder``/integrated.refl), or why it failed."""
 
     name: str
     folder: Path
     experiment: Experiment | None = None
-    reflections: ReflectionTable | None = None
     failure: DatasetFailure | None = None
     summary: dict = field(default_factory=dict)
 
@@ -152,10 +152,17 @@ def _refine_task(indexed, params: refine.Params, folder: Path, key: str):
     return result.experiments[0], result.reflections
 
 
-def _integrated_task(result: StepResult, folder: Path, key: str):
+def _integrated_task(result: StepResult, folder: Path, key: str) -> tuple[Experiment, dict]:
+    """Write the integrated files and hand on only the experiment and a summary: the table stays
+    on disk until the joint scaling reads it, so workers do not hold every data set at once."""
     save_outputs(folder, "integrate", key, result.experiments, result.reflections,
                  ("integrated.expt", "integrated.refl"))
-    return result.experiments[0], result.reflections
+    return _summarise(result.experiments[0], result.reflections)
+
+
+def _load_integrated(folder: Path) -> tuple[Experiment, dict]:
+    experiments, reflections, _ = load_outputs(folder, "integrate", ("integrated.expt", "integrated.refl"))
+    return _summarise(experiments[0], reflections)
 
 
 def _load_task(folder: Path, step: str, names: tuple[str, str]):
@@ -229,8 +236,7 @@ def dataset_graph(name: str, experiment: Experiment, params: Params, folder: Pat
     keys["refine"] = step_key("refine", rf, keys["index"])
     keys["integrate"] = step_key("integrate", ig, keys["refine"])
     if is_done(folder, "integrate", keys["integrate"]):
-        return dask.delayed(_load_task, pure=True)(folder, "integrate", ("integrated.expt", "integrated.refl"),
-                                                  dask_key_name=f"load-integrated-{name}")
+        return dask.delayed(_load_integrated, pure=True)(folder, dask_key_name=f"load-integrated-{name}")
     if is_done(folder, "refine", keys["refine"]):
         refined = dask.delayed(_load_task, pure=True)(folder, "refine", ("refined.expt", "refined.refl"),
                                                      dask_key_name=f"load-refined-{name}")
@@ -490,9 +496,7 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
                   for i, (name, e) in enumerate(experiments.items())}
         futures = dict(zip(graphs, active.compute(list(graphs.values()))))
         _show_progress(list(futures.values()))
-        # the integrated tables stay on the workers; the client gets each data set's summary
-        summaries, failures = _settle({n: active.submit(_summarise, f, key=f"summary-ds{n}-{token}") for n, f in futures.items()},
-                                      "processing")
+        summaries, failures = _settle(futures, "processing")
         for name, outcome in ((n, outcomes[n]) for n in futures):
             if name in failures:
                 outcome.failure = failures[name]
@@ -508,8 +512,8 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
             t0 = time.perf_counter()
             try:
                 scaled, merged = active.submit(
-                    _scale_export_merge, [futures[n] for n in good], [str(outcomes[n].folder) for n in good], params,
-                    workdir / "scale", key=f"scale-{token}").result()
+                    _scale_export_merge, [outcomes[n].folder for n in good], params, workdir / "scale",
+                    key=f"scale-{token}").result()
             except EwaldError as error:
                 raise DataError(f"scaling the {len(good)} integrated data sets failed: {error}") from None
             timings["scale"] = time.perf_counter() - t0
@@ -519,17 +523,18 @@ def run(datasets: list[str | Path], params: Params, client=None) -> ProcessResul
     return result
 
 
-def _scale_export_merge(integrated: list[tuple[Experiment, ReflectionTable]], sources: list[str], params: Params,
-                        folder: Path):
-    """Joint scaling, export and merge, writing their files into ``folder`` (on the worker: MTZ
-    objects do not travel) and logging into ``folder``/scale.log. Returns the scaled
-    experiments and the summaries, without the large per-reflection arrays."""
+def _scale_export_merge(dataset_folders: list[Path], params: Params, folder: Path):
+    """Joint scaling, export and merge of the data sets' integrated files, writing into ``folder``
+    (on the worker: MTZ objects do not travel) and logging into ``folder``/scale.log. Returns the
+    scaled experiments and the summaries, without the large per-reflection arrays."""
     from pipeline.logging_setup import run_logging
 
     folder.mkdir(parents=True, exist_ok=True)
-    experiments = [e for e, _ in integrated]
+    integrated = [load_outputs(f, "integrate", ("integrated.expt", "integrated.refl"))[:2] for f in dataset_folders]
+    experiments = [e[0] for e, _ in integrated]
     with run_logging(folder / "scale.log", console=False, this_thread_only=True):
-        experiments_all, table = scale.combine_inputs([[e] for e in experiments], [t for _, t in integrated], sources)
+        experiments_all, table = scale.combine_inputs([[e] for e in experiments], [t for _, t in integrated],
+                                                      [str(f) for f in dataset_folders])
         _, _, _, _, sc, mg = _step_params(params, experiments[0])
         scaled = scale.run(experiments_all, table, sc)
         scale.write_outputs(scaled, sc, folder)
@@ -542,8 +547,7 @@ def _scale_export_merge(integrated: list[tuple[Experiment, ReflectionTable]], so
     return StepResult(scaled.experiments, None, scaled_summary), StepResult(merged.experiments, None, merged_summary)
 
 
-def _summarise(integrated: tuple[Experiment, ReflectionTable]) -> tuple[Experiment, dict]:
-    experiment, table = integrated
+def _summarise(experiment: Experiment, table: ReflectionTable) -> tuple[Experiment, dict]:
     n_integrated = int(table.get_flags(Flags.integrated, all=False).sum())
     if n_integrated == 0:
         raise StepFailed("integrate", f"no reflection could be integrated ({len(table)} predicted)")
