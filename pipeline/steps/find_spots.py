@@ -179,7 +179,9 @@ def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int 
     if chunk_images < 1:
         raise ParameterError(f"mp.chunksize={chunk_images}: give at least 1 image per chunk")
     stack = open_image_stack(experiment, chunk_images=chunk_images)
-    mask = experiment_mask(experiment, params)
+    # one task builds the mask on a worker; the chunk tasks share it (not a copy in every task)
+    mask = dask.delayed(experiment_mask, pure=True)(
+        experiment, params, **({} if name is None else {"dask_key_name": f"find_spots-mask-{name}"}))
     detector = experiment.detector
     threshold = dispersion_parameters(params)
     first_z = experiment.scan.array_range[0]

@@ -326,7 +326,7 @@ def integration_graph(experiment, reflections, params: Params, stack, experiment
     sweep = experiment if sweep is None else sweep
     prep = dask.delayed(prepare, pure=True)(experiment, reflections, params, dask_key_name=f"integrate-prepare-{name}")
     data = stack.data if hasattr(stack, "data") else stack
-    pixel_valid = pixel_validity_mask(sweep)
+    pixel_valid = dask.delayed(pixel_validity_mask, pure=True)(sweep, dask_key_name=f"integrate-mask-{name}")
     z0 = sweep.scan.array_range[0]
     n = sweep.scan.num_images
     bounds = _chunk_bounds(n, params.chunk_images)

@@ -70,7 +70,8 @@ def test_graph_has_one_task_per_chunk_besides_reading(shared_data):
     n_chunks = 7  # 49 images in chunks of 8
     assert sum(k.startswith("read-images") for k in keys) == n_chunks
     assert sum(k.startswith("strong_pixels_in_chunk") for k in keys) == n_chunks
-    assert len(keys) == 2 * n_chunks + 1
+    assert sum(k.startswith("experiment_mask") for k in keys) == 1  # one mask shared by the chunks
+    assert len(keys) == 2 * n_chunks + 2
 
 
 def ewald(*args):
