@@ -14,9 +14,8 @@ Formats (recognised from the header, as dxtbx's format classes do):
   (reversed for a negative OSC_RANGE).
 - ``FormatCBFMiniPilatus`` — CBF files with a miniCBF ("PILATUS_1.2") geometry header.
 
-Headers are parsed here (only the first few hundred bytes of each file are read); pixels are
-read through fabio, which agrees bit for bit with a plain numpy read for Timepix SMV files
-(tested). A data set is a run of numbered files sharing one template (``#####.img``).
+Headers are parsed here (only the first few hundred bytes of each file are read); SMV pixels
+are read with numpy, which agrees bit for bit with fabio (tested), CBF pixels through fabio. A data set is a run of numbered files sharing one template (``#####.img``).
 
 The image stack is an ``xarray.DataArray`` with dims (image, slow, fast) backed by a Dask array
 with one task per run of whole images, optionally cached in a compressed zarr store.
@@ -486,10 +485,41 @@ def image_paths(experiment: Experiment) -> list[Path]:
     return [_image_path(template, n) for n in range(first, last + 1)]
 
 
-def read_image_file(path: str | Path) -> np.ndarray:
-    """The stored pixel values of one image file (uint16 for SMV, int32 for CBF), via fabio."""
+def _smv_pixels(data: bytearray) -> np.ndarray | None:
+    """The pixels of an SMV file's bytes (uint16, native byte order) read with numpy, or None
+    for a header this direct read does not handle (then fabio reads the file)."""
+    match = re.search(rb"HEADER_BYTES\s*=\s*(\d+)", data[:128])
+    if not data[:128].lstrip().startswith(b"{") or not match:
+        return None
+    header_bytes = int(match.group(1))
+    fields = _parse_smv_fields(bytes(data[:header_bytes]).decode("latin-1"))
+    order = fields.get("BYTE_ORDER", "").lower()
+    if (fields.get("TYPE", "unsigned_short") != "unsigned_short" or fields.get("DIM", "2") != "2"
+            or order not in ("little_endian", "big_endian")):
+        return None
     try:
-        return np.asarray(fabio.open(str(path)).data)
+        n_fast, n_slow = int(fields["SIZE1"]), int(fields["SIZE2"])
+    except (KeyError, ValueError):
+        return None
+    if len(data) < header_bytes + 2 * n_fast * n_slow:
+        return None
+    stored = np.dtype("<u2" if order == "little_endian" else ">u2")
+    pixels = np.frombuffer(data, stored, n_fast * n_slow, header_bytes).reshape(n_slow, n_fast)
+    return pixels if stored.isnative else pixels.astype(np.uint16)
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """The stored pixel values of one image file (uint16 for SMV, int32 for CBF).
+
+    SMV files are read with one read and numpy (a third of fabio's cost per image; the two
+    agree bit for bit, tested); CBF files, and SMV headers the direct read does not handle,
+    through fabio."""
+    try:
+        with open(path, "rb") as handle:
+            data = bytearray(os.fstat(handle.fileno()).st_size)
+            handle.readinto(data)
+        pixels = _smv_pixels(data)
+        return pixels if pixels is not None else np.asarray(fabio.open(str(path)).data)
     except Exception as err:  # fabio raises many types for damaged files
         raise InputFileError(f"{path}: cannot read the pixels ({err}); check the file is a complete image") from None
 

@@ -66,10 +66,26 @@ def test_real_timepix_image_models(shared_data):
 def test_fabio_pixels_equal_plain_numpy_read(shared_data):
     path = shared_data / TIMEPIX_EXAMPLE
     raw = np.frombuffer(path.read_bytes(), "<u2", offset=512).reshape(516, 516)
+    via_fabio = np.asarray(images.fabio.open(str(path)).data)
     pixels = read_image_file(path)
-    assert pixels.dtype == np.uint16
+    assert pixels.dtype == np.uint16 and via_fabio.dtype == np.uint16
+    np.testing.assert_array_equal(via_fabio, raw)
     np.testing.assert_array_equal(pixels, raw)
     assert pixels.max() == 11810  # a real image, not zeros
+
+
+def test_direct_smv_read_matches_fabio_for_big_endian_non_square_images(tmp_path):
+    data = (np.arange(7 * 5).reshape(7, 5) * 1000 % 65536).astype(np.uint16)
+    header = {"HEADER_BYTES": 512, "DIM": 2, "BYTE_ORDER": "big_endian", "TYPE": "unsigned_short",
+              "SIZE1": 5, "SIZE2": 7, "PIXEL_SIZE": 0.1}
+    path = write_smv(tmp_path / "big.img", None, header, shape=(7, 5))
+    with open(path, "r+b") as handle:
+        handle.seek(512)
+        handle.write(data.astype(">u2").tobytes())
+    pixels = read_image_file(path)
+    assert pixels.dtype == np.uint16 and pixels.flags.writeable
+    np.testing.assert_array_equal(pixels, data)
+    np.testing.assert_array_equal(pixels, np.asarray(images.fabio.open(str(path)).data))
 
 
 def test_cbf_without_geometry_header_is_read_but_not_imported(shared_data):
