@@ -14,6 +14,7 @@ all its pixels, whatever the chunking.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,14 +180,29 @@ def prepare(experiment: Experiment, reflections: ReflectionTable, params: Params
             "reference": reference, "modelling_candidates": candidates}
 
 
-def integrate_chunk(prep: dict, task: int, images: np.ndarray, z_first: int, experiment: Experiment,
-                    pixel_valid: np.ndarray, background: Background, candidates_only: bool = False,
-                    ) -> tuple[np.ndarray, dict]:
+def _frames_of_boxes(images: np.ndarray | Sequence[np.ndarray], z_first: int, bbox: np.ndarray) -> tuple[np.ndarray, int]:
+    """The frames of ``images`` (one array, or consecutive chunk arrays, from array index
+    ``z_first``) that the boxes span, as one array, and the array index of its first frame.
+    Only those frames are joined: a task given many chunks copies none it does not use."""
+    if isinstance(images, np.ndarray):
+        return images, z_first
+    ends = np.cumsum([len(b) for b in images])
+    lo = int(np.clip(bbox[:, 4].min() - z_first, 0, ends[-1] - 1)) if len(bbox) else 0
+    hi = int(np.clip(bbox[:, 5].max() - z_first, lo + 1, ends[-1])) if len(bbox) else 1
+    parts = [b[max(lo - (e - len(b)), 0) : hi - (e - len(b))] for b, e in zip(images, ends) if e > lo and e - len(b) < hi]
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), z_first + lo
+
+
+def integrate_chunk(prep: dict, task: int, images: np.ndarray | Sequence[np.ndarray], z_first: int,
+                    experiment: Experiment, pixel_valid: np.ndarray, background: Background,
+                    candidates_only: bool = False) -> tuple[np.ndarray, dict]:
     """Integrate the reflections owned by ``task`` (only the profile-modelling candidates if
-    ``candidates_only``) from ``images`` starting at array index ``z_first``."""
+    ``candidates_only``) from ``images`` (one array, or a list of consecutive chunk arrays)
+    starting at array index ``z_first``."""
     rows = np.nonzero(prep["owner"] == task)[0]
     if candidates_only:
         rows = np.intersect1d(rows, prep["modelling_candidates"])
+    images, z_first = _frames_of_boxes(images, z_first, prep["predicted"]["bbox"][rows])
     block = integrate_image_block(np.ascontiguousarray(images, dtype=np.float32), z_first, pixel_valid, experiment,
                                   prep["profile"], prep["predicted"], rows, prep["modelling_candidates"],
                                   background.min_pixels, background.model)
@@ -330,17 +346,23 @@ def integration_graph(experiment, reflections, params: Params, stack, experiment
     z0 = sweep.scan.array_range[0]
     n = sweep.scan.num_images
     bounds = _chunk_bounds(n, params.chunk_images)
+    # the tasks take the stack's chunks as they are (a slice of the Dask array would add a task
+    # joining them into one array, a copy of every image the task might need)
+    blocks = list(data.to_delayed().ravel())
+    block_starts = np.cumsum((0,) + data.chunks[0])
+
+    def chunks_between(lo: int, hi: int) -> tuple[list, int]:
+        ks = [k for k in range(len(blocks)) if block_starts[k] < hi and block_starts[k + 1] > lo]
+        return [blocks[k] for k in ks], int(block_starts[ks[0]])
 
     def chunk_tasks(prep, label: str, candidates_only: bool) -> list:
         tasks = []
-        for task, (s, e) in enumerate(bounds):
+        for task, (s, e) in enumerate(bounds + [(0, n)]):
             lo, hi = max(0, s - params.halo_images), min(n, e + params.halo_images)
+            images, first = chunks_between(lo, hi)
             tasks.append(dask.delayed(integrate_chunk, pure=True)(
-                prep, task, data[lo:hi], z0 + lo, experiment, pixel_valid, params.background, candidates_only,
-                dask_key_name=f"integrate-{label}-{name}-{task}"))
-        tasks.append(dask.delayed(integrate_chunk, pure=True)(
-            prep, len(bounds), data, z0, experiment, pixel_valid, params.background, candidates_only,
-            dask_key_name=f"integrate-{label}-{name}-wide"))
+                prep, task, images, z0 + first, experiment, pixel_valid, params.background, candidates_only,
+                dask_key_name=f"integrate-{label}-{name}-{task if task < len(bounds) else 'wide'}"))
         return tasks
 
     gp = params.profile.gaussian_rs.parameters
