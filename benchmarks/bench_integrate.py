@@ -22,8 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,21 +29,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from simulated_data import DEFAULT_DATA, ensure_data, peak_rss_mb  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests" / "pipeline"))
 RESULTS = ROOT / "benchmarks" / "results" / "bench_integrate.json"
-DEFAULT_DATA = Path(os.environ.get("EWALD_BENCH_DATA", "/tmp/ewald-bench/myd88"))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
-def ensure_data(folder: Path) -> list[Path]:
-    if not (folder / "simulation.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        ewald = Path(sys.executable).with_name("ewald")
-        subprocess.run([str(ewald), "simulate", "preset=myd88", str(folder)], check=True, cwd=folder.parent)
-    return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def indexed_input(folder: Path):
