@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from algorithms.geometry.models import Beam, Crystal, Detector, Goniometer, Scan, rotation_matrix
+from algorithms.geometry.models import Beam, Detector, Goniometer, Scan, rotation_matrix
 
 
 def miller_indices_to_d_min(A: np.ndarray, d_min: float, d_max: float | None = None) -> np.ndarray:

@@ -83,7 +83,7 @@ def estimate_sigma_m_deg(
 def shoebox_voxel_coordinates(bbox: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For flat z-major shoebox voxels: (row, z, y, x) of every voxel, from the boxes and offsets."""
     bbox = np.asarray(bbox, dtype=np.int64)
-    nz, ny, nx = bbox[:, 5] - bbox[:, 4], bbox[:, 3] - bbox[:, 2], bbox[:, 1] - bbox[:, 0]
+    ny, nx = bbox[:, 3] - bbox[:, 2], bbox[:, 1] - bbox[:, 0]
     sizes = np.diff(offsets)
     row = np.repeat(np.arange(len(bbox)), sizes)
     local = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes)

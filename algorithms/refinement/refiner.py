@@ -133,7 +133,7 @@ class CellRestraints:
         self.free_columns = free_columns  # positions of the free cell parameters in x
         group = model.group("Crystal unit cell")
         self.free_local = ~group.fixed
-        targets, sigmas = [], []
+        targets = []
         for values, sig in restraints:
             values, sig = np.asarray(values, float), np.asarray(sig, float)
             if values.shape != (6,) or sig.shape != (6,):

@@ -56,7 +56,6 @@ class PhysicalModel:
         self.d = data.d
         self.layouts: list[DatasetModelLayout] = []
         offset = 0
-        specs = []
         for k, scan in enumerate(data.scans):
             if self.is_kb(options, scan.wedge_deg):
                 # KB model: one scale and one B for the whole dataset (a smoother with a single value).

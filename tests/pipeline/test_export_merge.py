@@ -167,7 +167,7 @@ def test_merged_columns_types_and_missing_values(merged):
     assert merged.column_labels() == MERGED_LABELS
     assert [c.type for c in merged.columns] == MERGED_TYPES
     data = np.array(merged.array)
-    n_plus, n_minus = data[:, 9], data[:, 10]
+    n_minus = data[:, 10]
     assert np.all(np.isnan(data[n_minus == 0, 7]))  # I(-) missing where no I(-) observation
     assert np.all(np.isfinite(data[:, 3]))
 

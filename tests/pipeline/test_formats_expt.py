@@ -2,7 +2,6 @@
 import copy
 import json
 import math
-from pathlib import Path
 
 import gemmi
 import numpy as np

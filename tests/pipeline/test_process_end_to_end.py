@@ -2,7 +2,6 @@
 (finding the rotation axis and the distance), merge, and compare with the true intensities."""
 import json
 import shutil
-from pathlib import Path
 
 import gemmi
 import numpy as np

@@ -204,7 +204,7 @@ def test_rerun_after_an_interrupt_redoes_only_the_unfinished_steps(job, referenc
     records = {name: _record_times(workdir / name) for name in GOOD}
     with LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster, \
             Client(cluster) as client, get_task_stream(client) as stream:
-        result = _run(job, workdir, client)
+        _run(job, workdir, client)
     ran = {_without_run_token(t["key"]) for t in stream.data if isinstance(t["key"], str)}
     # data set 2 is integrated again from its refined files; 1 is loaded
     assert {"load-integrated-ds1", "load-refined-ds2", "integrated-ds2", "integrate-finish-ds2", "scale"} <= ran, ran
