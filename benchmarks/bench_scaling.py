@@ -33,14 +33,14 @@ from scipy import optimize
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "algorithms"))
 
-from algorithms.merging import merge_intensities, merging_statistics  # noqa: E402
+from algorithms.merging import merging_statistics  # noqa: E402
 from algorithms.merging.cc_half import sigma_tau_cc_half  # noqa: E402
 from algorithms.merging.symmetry import map_to_asu  # noqa: E402
 from algorithms.scaling import ModelOptions, PhysicalModel, ScalingOptions, scale_and_filter  # noqa: E402
 from algorithms.scaling.delta_cc_half import delta_cc_half, image_groups, resolution_bins_inverse_d2  # noqa: E402
 from algorithms.scaling.target import ScalingTarget, minimise_lbfgs  # noqa: E402
 from algorithms.scaling.ambiguity import alternative_indexings, resolve_indexing_ambiguity  # noqa: E402
-from scaling_simulation import simulate_ambiguous_crystals, simulate_scaling  # noqa: E402
+from scaling_simulation import merged_against_truth, simulate_ambiguous_crystals, simulate_scaling  # noqa: E402
 import gemmi  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
@@ -61,18 +61,12 @@ def _timed(fn, repeats: int):
 
 def _quality(sim, result) -> dict:
     removed = {(k, i) for k, a, b in result.filtering.removed_ranges for i in range(a, b + 1)} if result.filtering else set()
-    keep = result.scaled
-    mapping = map_to_asu(sim.data.miller_index[keep], sim.data.space_group)
-    g = result.inverse_scale_factor[keep]
-    merged = merge_intensities(mapping.group, result.intensity[keep] / g, result.variance[keep] / g**2,
-                               len(mapping.unique_asu_index))
-    row = {tuple(h): i for i, h in enumerate(sim.asu_index.tolist())}
-    truth = sim.true_intensity[[row[tuple(h)] for h in mapping.unique_asu_index.tolist()]]
+    merged, truth = merged_against_truth(sim, result)
     n_good = sim.data.n_datasets * 72 - len(sim.corrupted_images) - 72
     return {"corrupted_images_removed_fraction": len(removed & sim.corrupted_images) / max(len(sim.corrupted_images), 1),
             "good_images_removed_fraction": len(removed - sim.corrupted_images) / n_good,
             "removed_datasets": result.filtering.removed_datasets if result.filtering else [],
-            "bad_dataset": sim.bad_dataset, "cc_merged_vs_true": float(np.corrcoef(merged.intensity, truth)[0, 1]),
+            "bad_dataset": sim.bad_dataset, "cc_merged_vs_true": float(np.corrcoef(merged, truth)[0, 1]),
             "error_model_a": result.error_model.a, "error_model_b": result.error_model.b,
             "cc_half": result.merging_statistics.overall.cc_half if result.merging_statistics else None}
 

@@ -113,3 +113,18 @@ def simulate_ambiguous_crystals(cell, space_group, settings, true_symmetry=None,
         for key, value in (("dataset", np.full(n_obs, k)), ("hkl", hkl), ("intensity", intensity), ("d", d[rows])):
             columns[key].append(value)
     return {key: np.concatenate(value) for key, value in columns.items()}, sg
+
+
+def merged_against_truth(sim, result) -> tuple[np.ndarray, np.ndarray]:
+    """Merged scaled intensities of the observations scaling kept (I/g, σ²/g²) and the true
+    merged intensities of the same unique reflections."""
+    from algorithms.merging import merge_intensities
+
+    keep = result.scaled
+    mapping = map_to_asu(sim.data.miller_index[keep], sim.data.space_group)
+    g = result.inverse_scale_factor[keep]
+    merged = merge_intensities(mapping.group, result.intensity[keep] / g, result.variance[keep] / g**2,
+                               len(mapping.unique_asu_index))
+    truth_row = {tuple(h): i for i, h in enumerate(sim.asu_index.tolist())}
+    truth = sim.true_intensity[[truth_row[tuple(h)] for h in mapping.unique_asu_index.tolist()]]
+    return merged.intensity, truth

@@ -7,27 +7,15 @@ import numpy as np
 import pytest
 
 from algorithms.errors import DataError
-from algorithms.merging import merge_intensities
 from algorithms.merging.cc_half import sigma_tau_cc_half
 from algorithms.merging.symmetry import map_to_asu
 from algorithms.scaling import ScalingOptions, prepare_intensities, refine_error_model, scale_and_filter
 from algorithms.scaling.combine import combine_intensities, imid_candidates
 from algorithms.scaling.delta_cc_half import delta_cc_half, edge_groups_below, image_groups, resolution_bins_inverse_d2
 from algorithms.scaling.outliers import standard_outliers
-from scaling_simulation import simulate_scaling
+from scaling_simulation import merged_against_truth, simulate_scaling
 
 CORRUPTED = {k: ([1, 2, 36, 37, 71, 72] if k % 2 else [30, 31, 32]) for k in (1, 4, 7, 10, 13, 16)}
-
-
-def _merged_against_truth(sim, result):
-    keep = result.scaled
-    mapping = map_to_asu(sim.data.miller_index[keep], sim.data.space_group)
-    g = result.inverse_scale_factor[keep]
-    merged = merge_intensities(mapping.group, result.intensity[keep] / g, result.variance[keep] / g**2,
-                               len(mapping.unique_asu_index))
-    truth_row = {tuple(h): i for i, h in enumerate(sim.asu_index.tolist())}
-    truth = sim.true_intensity[[truth_row[tuple(h)] for h in mapping.unique_asu_index.tolist()]]
-    return merged.intensity, truth
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def test_relative_scales_recovered_up_to_overall_scale_and_b(clean_run):
 
 def test_merged_intensities_correlate_with_truth(clean_run):
     sim, result = clean_run
-    merged, truth = _merged_against_truth(sim, result)
+    merged, truth = merged_against_truth(sim, result)
     assert np.corrcoef(merged, truth)[0, 1] >= 0.98
     assert result.merging_statistics.overall.cc_half > 0.98
     assert np.all(np.isfinite(result.inverse_scale_factor_variance)) and np.all(result.inverse_scale_factor_variance >= 0)
@@ -188,7 +176,7 @@ def test_delta_cc_half_image_groups_remove_corrupted_images_and_bad_crystal(filt
     document = json.loads(json.dumps(filtering.as_dict()))
     assert document["removed_datasets"] == [sim.bad_dataset] and len(document["cycles"]) == len(filtering.cycles)
     json.dumps(result.summary())
-    merged, truth = _merged_against_truth(sim, result)
+    merged, truth = merged_against_truth(sim, result)
     assert np.corrcoef(merged, truth)[0, 1] >= 0.98
 
 

@@ -4,21 +4,13 @@ error model's min_Ih in counts (LP factors ~10⁻³)."""
 import numpy as np
 import pytest
 
-from algorithms.merging import merge_intensities
-from algorithms.merging.symmetry import map_to_asu
 from algorithms.scaling import CorrectedIntensities, ScalingOptions, scale_and_filter
-from scaling_simulation import simulate_scaling
+from scaling_simulation import merged_against_truth, simulate_scaling
 
 
 def _cc_with_truth(sim, result):
-    keep = result.scaled
-    mapping = map_to_asu(sim.data.miller_index[keep], sim.data.space_group)
-    g = result.inverse_scale_factor[keep]
-    merged = merge_intensities(mapping.group, result.intensity[keep] / g, result.variance[keep] / g**2,
-                               len(mapping.unique_asu_index))
-    row = {tuple(h): i for i, h in enumerate(sim.asu_index.tolist())}
-    truth = sim.true_intensity[[row[tuple(h)] for h in mapping.unique_asu_index.tolist()]]
-    return np.corrcoef(merged.intensity, truth)[0, 1]
+    merged, truth = merged_against_truth(sim, result)
+    return np.corrcoef(merged, truth)[0, 1]
 
 
 @pytest.fixture(scope="module")
