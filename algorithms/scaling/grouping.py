@@ -1,34 +1,7 @@
-"""Small vectorised helpers over symmetry groups (np.bincount / lexsort; no loops over reflections)."""
+"""Small vectorised helpers over symmetry groups (np.bincount; no loops over reflections)."""
 from __future__ import annotations
 
 import numpy as np
-
-
-def group_median(values: np.ndarray, group: np.ndarray, n_groups: int, mask: np.ndarray) -> np.ndarray:
-    """Median of ``values[mask]`` per group (NaN for empty groups)."""
-    idx = np.nonzero(mask)[0]
-    order = idx[np.lexsort((values[idx], group[idx]))]
-    counts = np.bincount(group[idx], minlength=n_groups)
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    median = np.full(n_groups, np.nan)
-    has = counts > 0
-    sorted_values = values[order]
-    lo = sorted_values[(start + (counts - 1) // 2)[has]]
-    hi = sorted_values[(start + counts // 2)[has]]
-    median[has] = 0.5 * (lo + hi)
-    return median
-
-
-def group_argmax(values: np.ndarray, group: np.ndarray, n_groups: int, mask: np.ndarray) -> np.ndarray:
-    """Index (into ``values``) of the largest masked value of each group, −1 for empty groups."""
-    idx = np.nonzero(mask)[0]
-    order = idx[np.lexsort((values[idx], group[idx]))]
-    counts = np.bincount(group[idx], minlength=n_groups)
-    last = np.cumsum(counts) - 1
-    result = np.full(n_groups, -1, dtype=np.int64)
-    has = counts > 0
-    result[has] = order[last[has]]
-    return result
 
 
 def weighted_group_means(group: np.ndarray, n_groups: int, intensity: np.ndarray, variance: np.ndarray,

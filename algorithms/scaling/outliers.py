@@ -9,9 +9,8 @@ probability < 10⁻⁶ under Wilson statistics (applied only with > 10000 reflec
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
-
-from algorithms.scaling.grouping import group_argmax, group_median
 
 WILSON_ACENTRIC_LIMIT = 13.82
 WILSON_CENTRIC_LIMIT = 23.91
@@ -21,33 +20,59 @@ WEIGHT_CAP = 10.0
 
 def standard_outliers(group: np.ndarray, n_groups: int, intensity: np.ndarray, variance: np.ndarray, g: np.ndarray,
                       active: np.ndarray, zmax: float = 6.0) -> np.ndarray:
-    """Boolean mask of observations rejected as outliers (among ``active``)."""
-    active = active.copy()
-    outlier = np.zeros(len(intensity), bool)
+    """Boolean mask of observations rejected as outliers (among ``active``).
+
+    Groups are independent (a rejection changes only its own group's mean), so each group is
+    tested and re-tested to the end on its own, in one compiled pass over the group-sorted data."""
+    order = np.argsort(group, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=n_groups))])
     weight = 1.0 / np.where(variance > 0, variance, np.inf)
-    while True:
-        n = np.bincount(group, active.astype(float), n_groups)
-        testable = active & (n[group] > 2)
-        if not testable.any():
-            break
-        median = group_median(weight, group, n_groups, testable)
-        w = np.minimum(weight, WEIGHT_CAP * np.nan_to_num(median)[group])
-        w = np.where(testable, w, 0.0)
-        sum_wgi = np.bincount(group, w * g * intensity, n_groups)[group]
-        sum_wgg = np.bincount(group, w * g * g, n_groups)[group]
-        others = sum_wgg - w * g * g
-        ok = testable & (others > 0)
-        safe_others = np.where(ok, others, 1.0)
-        mean_others = (sum_wgi - w * g * intensity) / safe_others
-        z = np.abs(intensity - g * mean_others) / np.sqrt(np.where(ok, variance, 1.0) + g * g / safe_others)
-        z = np.where(ok, z, 0.0)
-        worst = group_argmax(z, group, n_groups, ok)
-        worst = worst[worst >= 0]
-        rejected = worst[z[worst] > zmax]
-        if len(rejected) == 0:
-            break
-        outlier[rejected] = True
-        active[rejected] = False
+    return _standard_outliers_sorted(order, starts, np.asarray(intensity, float), np.asarray(variance, float),
+                                     np.asarray(g, float), weight, np.asarray(active, bool), float(zmax))
+
+
+@numba.njit(cache=True, nogil=True)
+def _standard_outliers_sorted(order, starts, intensity, variance, g, weight, active, zmax):
+    outlier = np.zeros(len(intensity), np.bool_)
+    members = np.empty(len(order), np.int64)
+    buffer = np.empty(len(order), np.float64)
+    z = np.empty(len(order), np.float64)
+    for h in range(len(starts) - 1):  # loop over symmetry groups
+        n = 0
+        for k in range(starts[h], starts[h + 1]):
+            if active[order[k]]:
+                members[n] = order[k]
+                n += 1
+        while n > 2:
+            for m in range(n):
+                buffer[m] = weight[members[m]]
+            ranked = np.sort(buffer[:n])
+            cap = WEIGHT_CAP * 0.5 * (ranked[(n - 1) // 2] + ranked[n // 2])
+            sum_wgi = 0.0
+            sum_wgg = 0.0
+            for m in range(n):
+                i = members[m]
+                w = min(weight[i], cap)
+                buffer[m] = w
+                sum_wgi += w * g[i] * intensity[i]
+                sum_wgg += w * g[i] * g[i]
+            worst = -1
+            for m in range(n):
+                i = members[m]
+                w = buffer[m]
+                others = sum_wgg - w * g[i] * g[i]
+                if not others > 0:
+                    continue
+                mean_others = (sum_wgi - w * g[i] * intensity[i]) / others
+                z[m] = abs(intensity[i] - g[i] * mean_others) / np.sqrt(variance[i] + g[i] * g[i] / others)
+                # the largest z wins, the later one on ties, NaN above all (it stops the group)
+                if worst < 0 or np.isnan(z[m]) or (not np.isnan(z[worst]) and z[m] >= z[worst]):
+                    worst = m
+            if worst < 0 or not z[worst] > zmax:
+                break
+            outlier[members[worst]] = True
+            members[worst:n - 1] = members[worst + 1:n]
+            n -= 1
     return outlier
 
 
