@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from scipy import optimize
 
@@ -48,6 +49,33 @@ class ErrorModel:
     def adjust_variance(self, variance: np.ndarray, intensity: np.ndarray) -> np.ndarray:
         """σ'² = a²(σ² + (b·I)²); pass the expected intensity g·Ĩ_h as ``intensity`` where known."""
         return self.a**2 * (variance + (self.b * intensity) ** 2)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def normalised_deviations(a, b, starts, x, variance, g, expected):
+    """δ_l = sqrt((n−1)/n)·(x_l − Ĩ_{h,−l})/(σ'_l/g_l), x = I/g, σ'² = a²(σ² + (b·g·Ĩ_h)²), Ĩ_{h,−l} the
+    σ'-weighted mean of the other observations of h; observations sorted by group, group h being
+    ``starts[h]:starts[h+1]`` (called ~150 times per error-model fit: one cache-friendly pass per
+    group instead of a dozen temporary arrays)."""
+    delta = np.empty(len(x))
+    inv_sigma = np.empty(len(x))
+    for h in range(len(starts) - 1):
+        lo, hi = starts[h], starts[h + 1]
+        n = hi - lo
+        if n < 2:  # groups without selected pairs are not in the fit
+            continue
+        sum_w = 0.0
+        sum_wx = 0.0
+        for i in range(lo, hi):
+            inv_sigma[i] = g[i] / (a * np.sqrt(variance[i] + (b * expected[i]) ** 2))
+            w = inv_sigma[i] * inv_sigma[i]
+            sum_w += w
+            sum_wx += w * x[i]
+        factor = np.sqrt((n - 1) / n)
+        for i in range(lo, hi):
+            w = inv_sigma[i] * inv_sigma[i]
+            delta[i] = factor * (x[i] - (sum_wx - w * x[i]) / (sum_w - w)) * inv_sigma[i]
+    return delta
 
 
 def _quantile_slope(delta: np.ndarray) -> float:
@@ -113,19 +141,16 @@ def refine_error_model(group: np.ndarray, n_groups: int, intensity: np.ndarray, 
         return ErrorModel(n_reflections=n_selected,
                           message=f"Insufficient reflections ({n_selected} < {MIN_REFLECTIONS}) to perform error modelling.")
     idx = np.nonzero(use)[0]
+    idx = idx[np.argsort(group[idx], kind="stable")]  # grouped: each group's members are contiguous
     grp, inten, var, gg = group[idx], intensity[idx], variance[idx], g[idx]
-    n = n_use[grp]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(grp, minlength=n_groups))])
+    x = inten / gg
 
-    base_mean, _, _ = weighted_group_means(grp, n_groups, inten / gg, var / gg**2, np.ones(len(idx), bool))
+    base_mean, _, _ = weighted_group_means(grp, n_groups, x, var / gg**2, np.ones(len(idx), bool))
     expected = gg * base_mean[grp]
 
     def deviations(a: float, b: float) -> np.ndarray:
-        sigma_scaled = a * np.sqrt(var + (b * expected) ** 2) / gg
-        w = 1.0 / sigma_scaled**2
-        x = inten / gg
-        sum_w = np.bincount(grp, w, n_groups)[grp] - w
-        mean_others = (np.bincount(grp, w * x, n_groups)[grp] - w * x) / sum_w
-        return np.sqrt((n - 1) / n) * (x - mean_others) / sigma_scaled
+        return normalised_deviations(a, b, starts, x, var, gg, expected)
 
     bins = _intensity_bins(np.log(np.maximum(expected, 1e-300)), n_bins)
     n_labels = bins.max() + 1
