@@ -145,5 +145,12 @@ class PhysicalModel:
         return (self.scale_design_t @ (per_observation * f_scale) + self.decay_design_t @ (per_observation * f_decay)
                 + self.absorption_design_t @ (per_observation * f_abs))
 
+    def sum_of_squared_derivatives(self, factors: tuple, per_observation: np.ndarray) -> np.ndarray:
+        """Σ_l v_l · (dg_l/dp)² (a parameter enters one design matrix only), without the Jacobian."""
+        _, f_scale, f_decay, f_abs = factors
+        return (self.scale_design_t.power(2) @ (per_observation * f_scale**2)
+                + self.decay_design_t.power(2) @ (per_observation * f_decay**2)
+                + self.absorption_design_t.power(2) @ (per_observation * f_abs**2))
+
     def restraint(self, p: np.ndarray) -> tuple[float, np.ndarray]:
         return float(np.sum(self.restraint_weights * p * p)), 2.0 * self.restraint_weights * p

@@ -85,9 +85,8 @@ class ScalingTarget:
 def diagonal_preconditioner(target: ScalingTarget, p: np.ndarray) -> np.ndarray:
     """1/sqrt of the Gauss–Newton diagonal Σ w Ĩ² (dg/dp)² + restraint weight (1 where no data)."""
     factors = target.model.derivative_factors(p)
-    dg = target.model.jacobian(factors)
     estimate = target.best_estimates(factors[0])[target.group]
-    diagonal = np.asarray(dg.multiply(dg).T @ (target.weight * estimate**2)).ravel() + target.model.restraint_weights
+    diagonal = target.model.sum_of_squared_derivatives(factors, target.weight * estimate**2) + target.model.restraint_weights
     return np.where(diagonal > 0, 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
 
 
