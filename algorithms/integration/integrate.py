@@ -218,7 +218,7 @@ def fit_reference_profiles(
     cell_volume = step_b * step_b * step_m
     coords, shape = sampler_coordinates(predicted["xyzcal.px"][:, :2], predicted["xyzcal.px"][:, 2], det.image_size,
                                         scan.array_range, z_step_images=scan_step_deg / abs(scan.oscillation[1]))
-    profiles, n_refs, available = learn_reference_profiles(
+    profiles, n_refs, available, _ = learn_reference_profiles(
         coords[modelling_rows], shape, block["ref_counts"], block["ref_background"], block["ref_cover"],
         block["ref_bad"], block["voxel_volume"][modelling_rows], block["intensity.sum.value"][modelling_rows],
         cell_volume,
@@ -242,6 +242,29 @@ def fit_reference_profiles(
         "profile.n_fitted": n_fitted,
         "profile.n_references": np.where(which >= 0, n_refs[np.maximum(which, 0)], 0),
     }
+
+
+def summation_fraction(profile: ProfileModel, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
+                       modelling_rows: np.ndarray) -> float:
+    """The fraction of a reflection that summation over its foreground records, measured on the
+    references ``modelling_rows`` (``block["ref_*"]`` in that order): the ratio of their summed
+    intensities (over partiality, so that it is the foreground's share on the detector) to
+    their whole background-subtracted profiles on the Kabsch grid, pooled over the experiment
+    (XDS' correction for the part of the profile outside the integration domain, measured
+    rather than modelled). What the ±n_sigma·σb foreground leaves out is a few per cent with
+    DIALS' σb, which, estimated from the strong pixels alone, runs narrow.
+
+    Pooled, not per profile position: on real dense patterns the per-position ratios scatter
+    (0.74-1.22 on cRED lysozyme) far more than the foreground's share can vary. Capped at 1 (a
+    larger ratio means the grid misses part of the reflections, not that the foreground records
+    more than all of it); 1 without references."""
+    step_b, step_m = profile.grid_steps_rad()
+    _, _, available, fraction = learn_reference_profiles(
+        np.zeros((len(modelling_rows), 3)), (1, 1, 1), block["ref_counts"], block["ref_background"],
+        block["ref_cover"], block["ref_bad"], block["voxel_volume"][modelling_rows],
+        block["intensity.sum.value"][modelling_rows] / predicted["partiality"][modelling_rows],
+        step_b * step_b * step_m)
+    return float(min(fraction[0], 1.0)) if available[0] else 1.0
 
 
 def _core_gaussian_width(density: np.ndarray, step: float, sigma_first: float, pixel_area: float) -> float | None:
@@ -285,7 +308,7 @@ def refine_profile_model(
 
     step_b, step_m = profile.grid_steps_rad()
     one_position = np.zeros((len(rows), 3))
-    pooled, _, available = learn_reference_profiles(
+    pooled, _, available, _ = learn_reference_profiles(
         one_position, (1, 1, 1), block["ref_counts"], block["ref_background"], block["ref_cover"], block["ref_bad"],
         block["voxel_volume"][rows], block["intensity.sum.value"][rows], step_b * step_b * step_m)
     if len(rows) < 10 or not available[0]:

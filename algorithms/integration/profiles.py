@@ -48,21 +48,26 @@ def learn_reference_profiles(
     voxel_volume: np.ndarray,
     intensity: np.ndarray,
     cell_volume: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Profiles (m, 11³) from the whole grids of the reference reflections (rows of ``counts``,
     ``background``, ``cover``, ``bad``, with sampler ``coordinates``, ``voxel_volume`` and
-    summation ``intensity``), the number of references behind each position, and whether each
-    position has a profile.
+    summation ``intensity``), the number of references behind each position, whether each
+    position has a profile, and the fraction of each profile that the references' summation
+    recorded (see below; 1 where there is no profile).
 
     Each profile is normalised so that its integral over the whole grid is 1 — cells below the
     fitting threshold count too — so that a fit on the central cells alone estimates the whole
     reflection; the noise of the outer cells averages out over the references (it is not
-    clipped at zero, which would bias the integral)."""
+    clipped at zero, which would bias the integral). Before normalisation the densities are per
+    unit summed intensity, so their integral is the (intensity-weighted) ratio of the whole
+    profile to what summation over the references' foregrounds recorded: its inverse is the
+    fraction of the profile inside the integration domain (XDS' treatment of the part of a
+    profile outside it; Kabsch 2010), measured, not modelled."""
     positions = _position_grid(shape)
     m = len(positions)
     ref = np.nonzero(intensity > 0)[0]
     if len(ref) == 0:
-        return np.zeros((m, GRID**3)), np.zeros(m, int), np.zeros(m, bool)
+        return np.zeros((m, GRID**3)), np.zeros(m, int), np.zeros(m, bool), np.ones(m)
     d2 = np.sum((coordinates[ref, None, :] - positions[None, :, :]) ** 2, axis=2)
     weights = np.where(d2 <= 3.0, np.exp(-4 * np.log(2) * d2), 0.0)  # (R, m)
     n = cover[ref].astype(float)
@@ -80,7 +85,8 @@ def learn_reference_profiles(
     profiles[available] /= total[available, None]
     profiles[~available] = 0.0
     n_refs = np.count_nonzero(weights > 0.5, axis=0)
-    return profiles, n_refs, available
+    summed_fraction = np.where(available, 1.0 / np.where(available, total, 1.0), 1.0)
+    return profiles, n_refs, available, summed_fraction
 
 
 def nearest_available_profile(coordinates: np.ndarray, shape: tuple[int, int, int], available: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from algorithms.integration.integrate import (
     ProfileModel,
     fit_reference_profiles,
     refine_profile_model,
+    summation_fraction,
     with_profile_model,
     integrate_image_block,
     pixel_validity_mask,
@@ -101,6 +102,19 @@ class Background:
 
 
 @dataclass
+class Summation:
+    correct_profile_fraction: bool = param(
+        False, "Divide every summed intensity (and its σ) by the fraction of a reflection that the foreground "
+        "records, measured on the reference reflections as the ratio of their sums to their whole "
+        "background-subtracted profiles, pooled over the experiment (XDS' correction for the profile outside "
+        "the integration domain). DIALS' σb, estimated from the strong pixels alone, runs narrow, so its "
+        "±n_sigma foreground leaves a few per cent of every reflection out: on simulated data plain sums are "
+        "then biased low by several σ on strong reflections ((I − I_true)/σ mean −0.25), corrected ones are not "
+        "(−0.05). Off by default (DIALS' plain sums): on the two cRED lysozyme crystals it lowered process's "
+        "merged CC½ from 0.960 to 0.953, below DIALS' 0.956. Works without profile fitting too.")
+
+
+@dataclass
 class Output:
     experiments: str = param("integrated.expt", "Output experiments.")
     reflections: str = param("integrated.refl", "Output reflections.")
@@ -112,6 +126,7 @@ class Params:
     prediction: Prediction = scope(Prediction, "Which reflections to predict.")
     filter: Filter = scope(Filter, "Reflections left out of integration.")
     background: Background = scope(Background, "Background modelling (robust Poisson GLM).")
+    summation: Summation = scope(Summation, "Summation integration.")
     chunk_images: int = param(8, "Images per Dask task.")
     halo_images: int = param(8, "Extra images each chunk task reads on each side for reflections spanning chunks.")
     output: Output = scope(Output, "Output files.")
@@ -298,6 +313,12 @@ def finish(prep: dict, chunk_results: list, experiment: Experiment, reflections:
     summary = {"profile_model": {**prep["estimate"], "sigma_b_deg": prep["profile"].sigma_b_deg,
                                  "sigma_m_deg": prep["profile"].sigma_m_deg, "n_sigma": prep["profile"].n_sigma},
                "n_predicted": int(n), "n_reference": int(reference.sum()), "n_modelling": int(modelling.sum())}
+    if params.summation.correct_profile_fraction:
+        fraction = summation_fraction(prep["profile"], predicted, block, modelling_rows)
+        table["intensity.sum.value"] = np.where(summed, block["intensity.sum.value"] / fraction, block["intensity.sum.value"])
+        table["intensity.sum.variance"] = np.where(summed, block["intensity.sum.variance"] / fraction**2,
+                                                   block["intensity.sum.variance"])
+        summary["summation_fraction"] = fraction
     if params.profile.fitting:
         fitted = fit_reference_profiles(experiment, prep["profile"], predicted, block, modelling_rows,
                                         params.profile.gaussian_rs.fitting.threshold,
@@ -491,6 +512,9 @@ def cli(params: Params, files: list[str]) -> None:
         logger.info("Experiment %d: using %d / %d reflections for sigma calculation", i, pm["n_used"], pm["n_total"])
         logger.info(" sigma b: %.6f degrees", pm["sigma_b_deg"])
         logger.info(" sigma m: %.6f degrees", pm["sigma_m_deg"])
+        if "summation_fraction" in s:
+            logger.info("Summed intensities corrected for the profile outside the foreground (fraction "
+                        "recorded %.4f)", s["summation_fraction"])
         logger.info(format_integration_summary(s["table"]))
     write_experiments(result.experiments, Path(params.output.experiments))
     write_reflections(result.reflections, Path(params.output.reflections))
