@@ -135,18 +135,25 @@ def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tun
     beta[0] = math.log(max(total / n, 1e-3))
     U = np.zeros(4)
     H = np.zeros((4, 4))
+    # √μ and 1/√μ per voxel as products of per-axis tables, like μ: no square root or division
+    # per voxel (r = y/√μ − √μ)
+    sx, sy, sz = np.empty(nx), np.empty(ny), np.empty(nz)
+    isx, isy, isz = np.empty(nx), np.empty(ny), np.empty(nz)
     c = tuning_constant
     iterations = 0
     ok = True
     for _ in range(50):
         iterations += 1
         for xx in range(nx):
-            ex[xx] = math.exp(beta[1] * ux[xx])
+            sx[xx] = math.exp(0.5 * beta[1] * ux[xx])
+            isx[xx] = 1.0 / sx[xx]
         for yy in range(ny):
-            ey[yy] = math.exp(beta[2] * uy[yy])
+            sy[yy] = math.exp(0.5 * beta[2] * uy[yy])
+            isy[yy] = 1.0 / sy[yy]
         base = math.exp(beta[0])
         for zz in range(nz):
-            ez[zz] = base * math.exp(beta[3] * uz[zz])
+            sz[zz] = math.exp(0.5 * (beta[0] + beta[3] * uz[zz]))
+            isz[zz] = 1.0 / sz[zz]
         e_psi, e_psi_r = huber_expectations(base, c)
         U[:] = 0.0
         H[:, :] = 0.0
@@ -154,11 +161,10 @@ def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tun
             u0 = 0.0
             h00 = 0.0
             for i in range(n):
-                mu = ex[bx[i]] * ey[by[i]] * ez[bz[i]]
-                s = math.sqrt(mu)
-                psi = min(max((values[i] - mu) / s, -c), c)
+                s = sx[bx[i]] * sy[by[i]] * sz[bz[i]]
+                psi = min(max(values[i] * (isx[bx[i]] * isy[by[i]] * isz[bz[i]]) - s, -c), c)
                 u0 += (psi - e_psi) * s
-                h00 += mu
+                h00 += s * s
             U[0] = u0
             H[0, 0] = h00
         else:
@@ -168,9 +174,9 @@ def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tun
                 x1 = ux[bx[i]]
                 x2 = uy[by[i]]
                 x3 = uz[bz[i]]
-                mu = ex[bx[i]] * ey[by[i]] * ez[bz[i]]
-                s = math.sqrt(mu)
-                psi = min(max((values[i] - mu) / s, -c), c)
+                s = sx[bx[i]] * sy[by[i]] * sz[bz[i]]
+                mu = s * s
+                psi = min(max(values[i] * (isx[bx[i]] * isy[by[i]] * isz[bz[i]]) - s, -c), c)
                 g = (psi - e_psi) * s
                 u0 += g
                 u1 += g * x1
