@@ -21,7 +21,7 @@ import numpy as np
 
 from algorithms.errors import DataError
 from algorithms.geometry.models import Crystal
-from algorithms.indexing.assign import HKL_TOLERANCE, assign_indices, fit_a_matrix, rlp_rmsd
+from algorithms.indexing.assign import HKL_TOLERANCE, assign_indices, fit_a_matrix, rlp_rmsd, split_pieces
 from algorithms.indexing.candidates import (
     MIN_CELL_VOLUME,
     candidate_crystals,
@@ -75,6 +75,9 @@ class IndexingResult:
     cb_op: ChangeOfBasis | None = None  # P1 candidate → known-symmetry setting
     cycles: list[dict] = field(default_factory=list)  # per macro-cycle: d_min, n_indexed, n_considered
     candidates: list[Candidate] = field(default_factory=list)  # the evaluated candidates, ranked as candidates_table
+    # per spot: the row of the indexed spot it is a split piece of (−1 for none); pieces are in
+    # indexed_mask and miller_index but were not refined against
+    piece_of: np.ndarray | None = None
 
 
 def _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine):
@@ -117,6 +120,7 @@ def index_reflections(
     imageset_id: np.ndarray | None = None,
     workers: int = 1,
     start_crystal: Crystal | None = None,
+    footprints: np.ndarray | None = None,
 ) -> IndexingResult:
     """Index one sweep's spots given their reciprocal-lattice points (φ = 0 frame).
 
@@ -130,6 +134,11 @@ def index_reflections(
     ``start_crystal`` (a P1 crystal, e.g. ``result.candidates[k].p1_crystal`` of an earlier run
     on the same spots) skips the basis-vector search: that lattice alone is evaluated and goes
     through the macro-cycles — how a caller retries the next-ranked candidate.
+
+    ``footprints`` (n, 4: the spots' detector bbox x0, x1, y0, y1) index, after the last
+    macro-cycle, the spots DIALS' duplicate rule rejected that are split pieces of an indexed
+    reflection (:func:`~algorithms.indexing.assign.split_pieces`; ewald, not DIALS); they are
+    not refined against.  None = DIALS' assignment.
     """
     rlp = np.asarray(rlp, float)
     if len(rlp) < 10:
@@ -211,8 +220,8 @@ def index_reflections(
         for i in order
     ]
     best = candidates[order[0]]
-    crystal, rmsds, cycle_rlp, cycles, hkl, mask = _macro_cycles(
-        best, d, phi_rad, d_min_fft, known_space_group, hkl_tolerance, refine, n_macro_cycles)
+    crystal, rmsds, cycle_rlp, cycles, hkl, mask, piece_of = _macro_cycles(
+        best, d, phi_rad, d_min_fft, known_space_group, hkl_tolerance, refine, n_macro_cycles, footprints)
     if crystal.space_group.number == 1:
         # refinement can move a cell with an angle near 90° across the Niggli boundary
         crystal, to_reduced = niggli_reduce_crystal(crystal)
@@ -221,7 +230,7 @@ def index_reflections(
                           max_cell=float(max_cell), d_min_fft=d_min_fft, n_centroids=info["n_centroids"],
                           basis_vectors=vectors, rmsds=rmsds, rlp=cycle_rlp,
                           cb_op=best.cb_op if known_space_group is not None else None, cycles=cycles,
-                          candidates=[candidates[i] for i in order])
+                          candidates=[candidates[i] for i in order], piece_of=piece_of)
 
 
 def _primitive_candidate(crystal, rlp, d, phi_rad, considered, tolerance, min_cell_volume) -> Crystal | None:
@@ -257,8 +266,9 @@ def _evaluate(crystal, rlp, d, phi_rad, considered, space_group, unit_cell, max_
     return Candidate(crystal, hkl, mask, rmsd, rmsds, cb_op, rlp, p1_crystal, outliers)
 
 
-def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance, refine, n_cycles):
-    """DIALS' refine_shells protocol: index + refine to d_min_i = d_min₀ − i·step, i = 0 … n−1."""
+def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance, refine, n_cycles, footprints):
+    """DIALS' refine_shells protocol: index + refine to d_min_i = d_min₀ − i·step, i = 0 … n−1;
+    then the split pieces of the last assignment's reflections (with ``footprints``)."""
     crystal, rlp, rmsds = best.crystal, best.rlp, best.rmsds
     step = (d_min_fft - d.min()) / (n_cycles - 1) if n_cycles > 1 else 0.0
     cycles = []
@@ -267,6 +277,7 @@ def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance
         d = 1.0 / np.linalg.norm(rlp, axis=1)  # the refinement may have moved the geometry
         considered = d > d_min if i < n_cycles - 1 else np.ones(len(d), bool)
         hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad, d, candidates_mask=considered)
+        last_assignment = (rlp, crystal.A, mask)
         volume_before = crystal.unit_cell.volume
         crystal, _, rmsds, mask, rlp, _ = _refine_or_fit(crystal, rlp, hkl, mask, space_group, refine)
         if abs(crystal.unit_cell.volume - volume_before) / volume_before > 0.5:
@@ -274,4 +285,11 @@ def _macro_cycles(best: Candidate, d, phi_rad, d_min_fft, space_group, tolerance
         cycles.append({"d_min": d_min, "n_indexed": int(mask.sum()), "n_considered": int(considered.sum())})
     if refine is None:  # the last fit moved A: assign once more with it
         hkl, mask, _ = assign_indices(rlp, crystal.A, tolerance, phi_rad)
-    return crystal, rmsds, rlp, cycles, hkl, mask
+        last_assignment = (rlp, crystal.A, mask)
+    piece_of = np.full(len(rlp), -1, np.int64)
+    if footprints is not None:
+        piece_of, piece_hkl = split_pieces(*last_assignment, footprints, tolerance)
+        pieces = piece_of >= 0
+        hkl = np.where(pieces[:, None], piece_hkl, hkl)
+        mask = mask | pieces
+    return crystal, rmsds, rlp, cycles, hkl, mask, piece_of

@@ -79,6 +79,9 @@ class RefinementProtocol:
 @dataclass
 class Simple:
     hkl_tolerance: float = param(0.3, "Largest |h_f − h| (Euclidean norm) for a spot to be indexed.")
+    split_pieces: bool = param(True, "Spots that DIALS' duplicate rule leaves unindexed but that round to an indexed "
+                                     "spot's h at the same detector place (a reflection the spot finder split in z) are "
+                                     "indexed as pieces of it, excluded from refinement (ewald; False = DIALS).")
 
 
 @dataclass
@@ -149,6 +152,7 @@ class IndexingSettings:
     max_refine: int = 50
     n_macro_cycles: int = 5
     hkl_tolerance: float = 0.3
+    split_pieces: bool = True
     space_group: gemmi.SpaceGroup | None = None
     unit_cell: gemmi.UnitCell | None = None
     max_delta_deg: float = 5.0
@@ -179,7 +183,8 @@ def settings_from_params(params: Params) -> IndexingSettings:
         method=ix.method, max_cell=ix.max_cell, min_cell=ix.min_cell, min_cell_volume=ix.min_cell_volume,
         n_points=ix.fft3d.reciprocal_space_grid.n_points, fft_d_min=ix.fft3d.reciprocal_space_grid.d_min,
         max_refine=ix.basis_vector_combinations.max_refine, n_macro_cycles=ix.refinement_protocol.n_macro_cycles,
-        hkl_tolerance=ix.index_assignment.simple.hkl_tolerance, space_group=space_group, unit_cell=unit_cell,
+        hkl_tolerance=ix.index_assignment.simple.hkl_tolerance, split_pieces=ix.index_assignment.simple.split_pieces,
+        space_group=space_group, unit_cell=unit_cell,
         max_delta_deg=ks.max_delta)
 
 
@@ -244,15 +249,19 @@ def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: Index
         refine_candidate=candidate, max_delta_deg=settings.max_delta_deg, hkl_tolerance=settings.hkl_tolerance,
         max_refine=settings.max_refine, n_macro_cycles=settings.n_macro_cycles, n_points=settings.n_points,
         fft_d_min=settings.fft_d_min, min_cell=settings.min_cell, min_cell_volume=settings.min_cell_volume,
-        bboxes=bboxes, start_crystal=start_crystal)
+        bboxes=bboxes, start_crystal=start_crystal,
+        footprints=bboxes[:, :4] if settings.split_pieces and bboxes is not None else None)
     final = macro.results[-1]
     refined = macro.experiment.replace(crystal=result.crystal)
     # the last macro-cycle's assignment, in the basis of the returned crystal (P1 cells are
-    # Niggli-reduced once more after refinement); its centroid outliers stay indexed, as in DIALS
+    # Niggli-reduced once more after refinement); its centroid outliers stay indexed, as in DIALS,
+    # and so do the split pieces of its reflections
     to_final = np.rint(np.linalg.inv(result.crystal.A) @ final.experiment.crystal.A).astype(np.int64)
-    indexed = macro.last_indexed_mask
-    hkl = np.where(indexed[:, None], macro.last_miller_index @ to_final.T, 0).astype(np.int32)
-    table = _indexed_table(strong, refined, macro, final, indexed, hkl)
+    pieces = result.piece_of >= 0
+    indexed = macro.last_indexed_mask | pieces
+    hkl = np.where(macro.last_indexed_mask[:, None], macro.last_miller_index @ to_final.T,
+                   np.where(pieces[:, None], result.miller_index, 0)).astype(np.int32)
+    table = _indexed_table(strong, refined, macro, final, indexed, hkl, result.piece_of)
 
     # DIALS prints "% indexed" before each refinement: spots assigned out of those considered
     cycles = [{"d_min": float(cycle["d_min"]), "n_considered": cycle["n_considered"], "n_indexed": n_assigned,
@@ -265,7 +274,7 @@ def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: Index
         "d_min_step": float((result.d_min_fft - np.min(1.0 / np.linalg.norm(rlp, axis=1)))
                             / max(settings.n_macro_cycles - 1, 1)),
         "cycles": cycles,
-        "n_indexed": int(indexed.sum()), "n_strong": len(strong),
+        "n_indexed": int(indexed.sum()), "n_split_pieces": int(pieces.sum()), "n_strong": len(strong),
         "n_used_in_refinement": int(final.used_in_refinement.sum()), "rmsds": final.rmsds,
         "crystal": _crystal_record(result.crystal, final.cell_esds if np.array_equal(to_final, np.eye(3)) else None),
         "rotation_axis": refined.goniometer.rotation_axis.tolist(),
@@ -275,7 +284,9 @@ def index_sweep(experiment: Experiment, strong: ReflectionTable, settings: Index
 
 
 def _indexed_table(strong: ReflectionTable, experiment: Experiment, macro: IndexingRefiner, final,
-                   indexed: np.ndarray, hkl: np.ndarray) -> ReflectionTable:
+                   indexed: np.ndarray, hkl: np.ndarray, piece_of: np.ndarray) -> ReflectionTable:
+    """The strong spots with the indexing columns; a split piece takes its reflection's
+    prediction and is excluded from refinement."""
     table = strong.copy()
     n = len(table)
     xyz = np.asarray(strong["xyzobs.px.value"], float).reshape(-1, 3)
@@ -283,9 +294,12 @@ def _indexed_table(strong: ReflectionTable, experiment: Experiment, macro: Index
     table["id"] = np.where(indexed, 0, -1).astype(np.int32)
     table["xyzobs.mm.value"] = macro.obs_mm
     table["xyzobs.mm.variance"] = macro.var_mm
-    valid = indexed & np.all(np.isfinite(final.xyzcal_mm), axis=1)
-    table["xyzcal.mm"] = np.where(valid[:, None], np.nan_to_num(final.xyzcal_mm), 0.0)
-    table["xyzcal.px"] = np.where(valid[:, None], np.nan_to_num(final.xyzcal_px), 0.0)
+    pieces = piece_of >= 0
+    source = np.where(pieces, piece_of, np.arange(n))  # the row whose prediction a spot takes
+    xyzcal_mm, xyzcal_px = final.xyzcal_mm[source], final.xyzcal_px[source]
+    valid = indexed & np.all(np.isfinite(xyzcal_mm), axis=1)
+    table["xyzcal.mm"] = np.where(valid[:, None], np.nan_to_num(xyzcal_mm), 0.0)
+    table["xyzcal.px"] = np.where(valid[:, None], np.nan_to_num(xyzcal_px), 0.0)
     rlp, _, entering = spot_geometry(experiment, xyz)
     table["rlp"] = rlp
     table["s1"] = experiment.detector.pixel_to_s1(xyz[:, :2], experiment.beam.s0)
@@ -293,8 +307,10 @@ def _indexed_table(strong: ReflectionTable, experiment: Experiment, macro: Index
     table["imageset_id"] = np.zeros(n, np.int32)
     if "flags" not in table:
         table["flags"] = np.full(n, int(Flags.strong), np.uint64)
-    table.unset_flags(np.ones(n, bool), Flags.indexed | Flags.used_in_refinement | Flags.centroid_outlier)
+    table.unset_flags(np.ones(n, bool), Flags.indexed | Flags.used_in_refinement | Flags.centroid_outlier
+                      | Flags.excluded_for_refinement)
     table.set_flags(indexed, Flags.indexed)
+    table.set_flags(pieces, Flags.excluded_for_refinement)
     table.set_flags(indexed & final.used_in_refinement, Flags.used_in_refinement)
     table.set_flags(indexed & final.centroid_outlier, Flags.centroid_outlier)
     table.experiment_identifiers = {0: experiment.identifier}
@@ -553,6 +569,9 @@ def log_sweep(summary: dict, imageset: int = 0) -> None:
         logger.info("\nRefined crystal models:\nmodel 1 (%d reflections):\n%s", cycle["n_indexed"],
                     crystal_model_text(_crystal_from_record(crystal), crystal["cell_esds"]))
     logger.info(percent_indexed_table([(imageset, summary["n_indexed"], summary["n_strong"] - summary["n_indexed"])]))
+    if summary.get("n_split_pieces"):
+        logger.info("%d of the indexed spots are pieces of reflections the spot finder split in z (same h at the "
+                    "same detector place; excluded from refinement)", summary["n_split_pieces"])
     check = summary.get("self_check")
     if check and len(check["attempts"]) > 1:
         rows = [[a["attempt"], "-" if a.get("fraction_indexed") is None else f"{100 * a['fraction_indexed']:.1f}",

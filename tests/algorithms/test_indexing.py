@@ -14,6 +14,7 @@ from algorithms.indexing import (
     fit_a_matrix,
     index_reflections,
     score_candidates,
+    split_pieces,
 )
 from algorithms.symmetry import nearest_rotation
 from algorithms.indexing.max_cell import _primitive_cell, ice_ring_mask, overlapping_bbox_mask
@@ -81,6 +82,26 @@ def test_assign_indices_tolerance_and_duplicates():
     assert indexed_all[:4].all() and indexed_all.sum() == 4
     np.testing.assert_array_equal(indexed_dmin, indexed_all & (1.0 / np.linalg.norm(rlp, axis=1) > 15.0))
     assert 0 < indexed_dmin.sum() < 4
+
+
+def test_split_pieces_are_duplicates_at_the_same_detector_place():
+    A = np.linalg.inv(np.diag([50.0, 60.0, 70.0]))
+    hkl = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2, 3], [2, 0, 1], [2, 0, 1]])
+    offsets = np.array([[0.02, 0, 0], [0.1, 0, 0], [0.1, 0.1, 0], [0.2, 0.2, 0.2], [0.05, 0, 0], [0.1, 0, 0]])
+    rlp = (hkl + offsets) @ A.T
+    phi = np.radians([10.0, 14.0, 20.0, 12.0, 0.0, 5.0])
+    # x0, x1, y0, y1: spot 1 overlaps spot 0 (a piece); spot 2 touches it only at an edge (ends are
+    # exclusive: another reflection); spot 3 overlaps but |Δh| = 0.35 > 0.3; spot 5 overlaps 4
+    footprints = np.array([[10, 14, 20, 24], [13, 15, 23, 26], [14, 18, 20, 24], [10, 14, 20, 24],
+                           [50, 53, 60, 63], [52, 55, 62, 64]])
+    miller, indexed, _ = assign_indices(rlp, A, phi_rad=phi)
+    np.testing.assert_array_equal(indexed, [True, False, False, False, True, False])  # DIALS' rule
+    piece_of, piece_hkl = split_pieces(rlp, A, indexed, footprints)
+    np.testing.assert_array_equal(piece_of, [-1, 0, -1, -1, -1, 4])
+    np.testing.assert_array_equal(piece_hkl[[1, 5]], hkl[[1, 5]])
+    assert not piece_hkl[[0, 2, 3, 4]].any()
+    outside = np.array([True, True, True, True, True, False])
+    assert split_pieces(rlp, A, indexed, footprints, candidates_mask=outside)[0][5] == -1
 
 
 def test_fit_a_matrix_recovers_exact_setting_matrix():
