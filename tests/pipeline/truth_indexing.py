@@ -1,5 +1,6 @@
-"""Test helper: strong spots indexed with the simulator's true model (no indexing algorithm),
-so that later steps can be tested on their own against the truth."""
+"""Test helpers: strong spots indexed with the simulator's true model (no indexing algorithm),
+so that later steps can be tested on their own against the truth; and the misorientation of a
+found crystal against the true one."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,34 @@ import numpy as np
 from algorithms.geometry.models import Experiment
 from algorithms.geometry.prediction import predict_rotation, predict_rotation_scan_varying, reciprocal_lattice_points
 from algorithms.reflection_table import Flags, ReflectionTable
+
+
+def orientation_error_deg(found: Experiment, truth: Experiment, ambiguities=(np.eye(3),)) -> float:
+    """Misorientation (degrees) of the found crystal against the true one, as the detector sees
+    it at the scan centre, the smallest over the lattice's indexing ambiguities (integer
+    matrices M of lattice symmetries: the true crystal may equally be U·B·M·B⁻¹).
+
+    - The orientation in the lab is S·R(ê, φ)·F·U: a refined goniometer keeps its axis in the
+      setting rotation S, so U alone is not comparable.
+    - It is compared in the detector's frame: with the detector's in-plane rotation and the
+      rotation axis both refined, turning detector, axis and crystal together about the beam
+      changes no prediction, so the data fix the crystal only relative to the detector.
+    - At the scan centre: a static model fitted to a crystal that drifts linearly through the
+      sweep is its mid-sweep orientation (the simulator's nominal A).
+    """
+    def in_detector_frame(experiment: Experiment, U: np.ndarray) -> np.ndarray:
+        det, gonio, scan = experiment.detector, experiment.goniometer, experiment.scan
+        frame = np.column_stack([det.fast_axis, det.slow_axis, np.cross(det.fast_axis, det.slow_axis)])
+        phi_centre = np.radians(np.mean(scan.oscillation_range_deg))
+        return frame.T @ gonio.rotation_matrix(phi_centre) @ U
+
+    found_U = in_detector_frame(found, found.crystal.U)
+    errors = []
+    for M in ambiguities:
+        true_U = truth.crystal.U @ truth.crystal.B @ M @ np.linalg.inv(truth.crystal.B)
+        R = found_U @ np.linalg.inv(in_detector_frame(truth, true_U))
+        errors.append(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
+    return float(min(errors))
 
 
 def index_with_truth(experiment: Experiment, strong: ReflectionTable, tolerance: float = 0.3,
