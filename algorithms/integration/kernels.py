@@ -114,12 +114,12 @@ def box_coordinates(n):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST_MATH)
-def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tuning_constant,
-                                 ex, ey, ez, beta, information):
-    """Robust Poisson GLM of the background voxels ``values[:n]`` at box indices (bx, by, bz):
-    ln μ = β0 + β1·u + β2·v + β3·w with (u, v, w) = (ux[bx], uy[by], uz[bz]) the coordinates
-    centred on the box and scaled to ±1 (``n_params`` = 1 gives DIALS' constant3d model, 4 its
-    loglinear3d model).
+def robust_loglinear_background(values, use, ux, uy, uz, n_params, tuning_constant, ex, ey, ez, beta, information):
+    """Robust Poisson GLM of the background voxels of a box: ``values`` and ``use`` hold the
+    box's voxels in (z, y, x) order (the first nx·ny·nz entries; nx, ny, nz = the lengths of
+    ux, uy, uz), ``use`` marks the background ones: ln μ = β0 + β1·u + β2·v + β3·w with
+    (u, v, w) = (ux[x], uy[y], uz[z]) the coordinates centred on the box and scaled to ±1
+    (``n_params`` = 1 gives DIALS' constant3d model, 4 its loglinear3d model).
 
     Fisher scoring of the Cantoni–Ronchetti estimating equations Σ (ψ_c(r_i) − E[ψ_c])·√μ_i·x_i = 0,
     with the expectations evaluated at the box mean (they vary by ≪ 1 % across a shoebox).
@@ -129,14 +129,18 @@ def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tun
     be used)."""
     nx, ny, nz = ux.shape[0], uy.shape[0], uz.shape[0]
     total = 0.0
-    for i in range(n):
-        total += values[i]
+    n = 0
+    for i in range(nx * ny * nz):
+        if use[i]:
+            total += values[i]
+            n += 1
     beta[:] = 0.0
-    beta[0] = math.log(max(total / n, 1e-3))
+    beta[0] = math.log(max(total / max(n, 1), 1e-3))
     U = np.zeros(4)
     H = np.zeros((4, 4))
-    # √μ and 1/√μ per voxel as products of per-axis tables, like μ: no square root or division
-    # per voxel (r = y/√μ − √μ)
+    # √μ and 1/√μ as products of per-axis tables, like μ: no square root or division per voxel
+    # (r = y/√μ − √μ); the sums run along x rows, contiguous and unmasked (unused voxels weigh
+    # 0), and the y and z terms are taken per row
     sx, sy, sz = np.empty(nx), np.empty(ny), np.empty(nz)
     isx, isy, isz = np.empty(nx), np.empty(ny), np.empty(nz)
     c = tuning_constant
@@ -155,54 +159,50 @@ def robust_loglinear_background(values, bx, by, bz, n, ux, uy, uz, n_params, tun
             sz[zz] = math.exp(0.5 * (beta[0] + beta[3] * uz[zz]))
             isz[zz] = 1.0 / sz[zz]
         e_psi, e_psi_r = huber_expectations(base, c)
-        U[:] = 0.0
-        H[:, :] = 0.0
-        if n_params == 1:
-            u0 = 0.0
-            h00 = 0.0
-            for i in range(n):
-                s = sx[bx[i]] * sy[by[i]] * sz[bz[i]]
-                psi = min(max(values[i] * (isx[bx[i]] * isy[by[i]] * isz[bz[i]]) - s, -c), c)
-                u0 += (psi - e_psi) * s
-                h00 += s * s
-            U[0] = u0
-            H[0, 0] = h00
-        else:
-            u0 = u1 = u2 = u3 = 0.0
-            h00 = h10 = h11 = h20 = h21 = h22 = h30 = h31 = h32 = h33 = 0.0
-            for i in range(n):
-                x1 = ux[bx[i]]
-                x2 = uy[by[i]]
-                x3 = uz[bz[i]]
-                s = sx[bx[i]] * sy[by[i]] * sz[bz[i]]
-                mu = s * s
-                psi = min(max(values[i] * (isx[bx[i]] * isy[by[i]] * isz[bz[i]]) - s, -c), c)
-                g = (psi - e_psi) * s
-                u0 += g
-                u1 += g * x1
-                u2 += g * x2
-                u3 += g * x3
-                m1 = mu * x1
-                m2 = mu * x2
-                m3 = mu * x3
-                h00 += mu
+        u0 = u1 = u2 = u3 = 0.0
+        h00 = h10 = h11 = h20 = h21 = h22 = h30 = h31 = h32 = h33 = 0.0
+        for zz in range(nz):
+            x3 = uz[zz]
+            for yy in range(ny):
+                x2 = uy[yy]
+                s_row = sz[zz] * sy[yy]
+                is_row = isz[zz] * isy[yy]
+                k = (zz * ny + yy) * nx
+                g0 = g1 = m0 = m1 = m11 = 0.0
+                for xx in range(nx):
+                    w = 1.0 if use[k + xx] else 0.0
+                    s = s_row * sx[xx]
+                    psi = min(max(values[k + xx] * (is_row * isx[xx]) - s, -c), c)
+                    g = w * (psi - e_psi) * s
+                    mu = w * s * s
+                    x1 = ux[xx]
+                    g0 += g
+                    g1 += g * x1
+                    m0 += mu
+                    m1 += mu * x1
+                    m11 += mu * x1 * x1
+                u0 += g0
+                u1 += g1
+                u2 += g0 * x2
+                u3 += g0 * x3
+                h00 += m0
                 h10 += m1
-                h11 += m1 * x1
-                h20 += m2
-                h21 += m2 * x1
-                h22 += m2 * x2
-                h30 += m3
-                h31 += m3 * x1
-                h32 += m3 * x2
-                h33 += m3 * x3
-            U[0], U[1], U[2], U[3] = u0, u1, u2, u3
-            H[0, 0], H[1, 1], H[2, 2], H[3, 3] = h00, h11, h22, h33
-            H[1, 0] = H[0, 1] = h10
-            H[2, 0] = H[0, 2] = h20
-            H[2, 1] = H[1, 2] = h21
-            H[3, 0] = H[0, 3] = h30
-            H[3, 1] = H[1, 3] = h31
-            H[3, 2] = H[2, 3] = h32
+                h11 += m11
+                h20 += m0 * x2
+                h21 += m1 * x2
+                h22 += m0 * x2 * x2
+                h30 += m0 * x3
+                h31 += m1 * x3
+                h32 += m0 * x2 * x3
+                h33 += m0 * x3 * x3
+        U[0], U[1], U[2], U[3] = u0, u1, u2, u3
+        H[0, 0], H[1, 1], H[2, 2], H[3, 3] = h00, h11, h22, h33
+        H[1, 0] = H[0, 1] = h10
+        H[2, 0] = H[0, 2] = h20
+        H[2, 1] = H[1, 2] = h21
+        H[3, 0] = H[0, 3] = h30
+        H[3, 1] = H[1, 3] = h31
+        H[3, 2] = H[2, 3] = h32
         for a in range(n_params):
             for b in range(n_params):
                 information[a, b] = H[a, b]
@@ -386,10 +386,7 @@ def integrate_block(
     pixel_n = np.empty((my, mx), dtype=np.int32)
     voxel_value = np.empty(mx * my * mz, dtype=np.float32)
     voxel_class = np.empty(mx * my * mz, dtype=np.uint8)
-    bg_values = np.empty(mx * my * mz)
-    bg_x = np.empty(mx * my * mz, dtype=np.int32)
-    bg_y = np.empty(mx * my * mz, dtype=np.int32)
-    bg_z = np.empty(mx * my * mz, dtype=np.int32)
+    bg_use = np.empty(mx * my * mz, dtype=np.bool_)
     ex = np.empty(mx)
     ey = np.empty(my)
     ez = np.empty(mz)
@@ -515,11 +512,8 @@ def integrate_block(
                         voxel_class[v_index] = _OTHERS
                     else:
                         voxel_class[v_index] = _BACKGROUND
-                        bg_values[nb] = v
-                        bg_x[nb] = xx
-                        bg_y[nb] = yy
-                        bg_z[nb] = zz
                         nb += 1
+                    bg_use[v_index] = voxel_class[v_index] == _BACKGROUND
                     v_index += 1
         n_fg[i] = nf
         n_bg[i] = nb
@@ -539,11 +533,11 @@ def integrate_block(
         # too few background voxels to see a gradient: the constant model
         n_params = background_params if nb >= 10 * background_params else 1
         ux, uy, uz = box_coordinates(nx), box_coordinates(ny), box_coordinates(nz)
-        if robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, ux, uy, uz, n_params, tuning_constant,
+        if robust_loglinear_background(voxel_value, bg_use, ux, uy, uz, n_params, tuning_constant,
                                        ex, ey, ez, beta, information) == 0:
             n_params = 1
-            robust_loglinear_background(bg_values, bg_x, bg_y, bg_z, nb, ux, uy, uz, 1, tuning_constant,
-                                        ex, ey, ez, beta, information)
+            robust_loglinear_background(voxel_value, bg_use, ux, uy, uz, 1, tuning_constant, ex, ey, ez, beta,
+                                        information)
         # c3 slices of every frame: a frame's counts (and background) go to the slices it overlaps
         # in proportion to the Gaussian rocking curve's mass there (DIALS' reciprocal-space
         # transform; far out in the tail by the overlaps alone), while the c-volume a cell
