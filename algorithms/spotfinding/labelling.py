@@ -18,12 +18,13 @@ Appl. 12, 117); DIALS labels strong pixels the same way (6-connectivity, algorit
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from algorithms.spotfinding.threshold import DispersionParameters, ThresholdWork, corrected_value, threshold_image_into
+from algorithms.spotfinding.threshold import DispersionParameters, ThresholdWork, corrected_value, row_of, threshold_image_into
 
 
 @dataclass
@@ -100,14 +101,12 @@ def _label_roots(parent, n):
 def _strong_pixels_in_chunk(
     raw_chunk, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
     kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended, max_strong,
-    valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, flags, dispersed_list, core_list,
+    strong, previous_strong, strong_list, index, previous_index,
+    valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags, dispersed_list, core_list,
 ):
     n_images, n_slow, n_fast = raw_chunk.shape
-    strong = np.zeros((n_slow, n_fast), np.bool_)
-    previous_strong = np.zeros((n_slow, n_fast), np.bool_)
-    strong_list = np.empty(n_slow * n_fast, np.int64)
-    index = np.zeros((n_slow, n_fast), np.int32)  # pixel number where strong is True
-    previous_index = np.zeros((n_slow, n_fast), np.int32)
+    # the buffers hold the previous chunk's values: threshold_image_into clears strong for each
+    # image, previous_strong is read from the second image on, index where strong only
     capacity = 4096
     zs = np.empty(capacity, np.int32)
     ys = np.empty(capacity, np.int32)
@@ -121,7 +120,7 @@ def _strong_pixels_in_chunk(
         n_strong = threshold_image_into(
             raw_chunk[z], static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
             kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
-            strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, flags,
+            strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags,
             dispersed_list, core_list,
         )
         strong_per_image[z] = n_strong
@@ -137,8 +136,9 @@ def _strong_pixels_in_chunk(
             xs = _grow(xs, capacity)
             values = _grow(values, capacity)
             parent = _grow(parent, capacity)
+        y = 0
         for k in range(n_strong):  # raster order
-            y = strong_list[k] // n_fast
+            y = row_of(strong_list[k], y, n_fast)
             x = strong_list[k] - y * n_fast
             zs[n] = z
             ys[n] = y
@@ -157,6 +157,43 @@ def _strong_pixels_in_chunk(
         index, previous_index = previous_index, index
     label, n_components = _label_roots(parent, n)
     return zs[:n].copy(), ys[:n].copy(), xs[:n].copy(), values[:n].copy(), label, n_components, strong_per_image, rejected
+
+
+class _ChunkWork:
+    """Work buffers of :func:`_strong_pixels_in_chunk` for one image size: the thresholds' and the
+    labelling's (two strong-pixel images and two pixel-number images, current and previous)."""
+
+    def __init__(self, n_slow: int, n_fast: int):
+        self.shape = (n_slow, n_fast)
+        self.threshold = ThresholdWork(n_slow, n_fast)
+        self.strong = np.zeros(self.shape, np.bool_)
+        self.previous_strong = np.zeros(self.shape, np.bool_)
+        self.strong_list = np.empty(n_slow * n_fast, np.int64)
+        self.index = np.empty(self.shape, np.int32)
+        self.previous_index = np.empty(self.shape, np.int32)
+        self._gain_map = None
+
+    def labelling_buffers(self) -> tuple:
+        return self.strong, self.previous_strong, self.strong_list, self.index, self.previous_index
+
+    def uniform_gain_map(self, gain: float) -> np.ndarray:
+        if self._gain_map is None or self._gain_map[0, 0] != gain:
+            self._gain_map = np.full(self.shape, gain)
+        return self._gain_map
+
+
+_per_thread = threading.local()
+
+
+def _chunk_work(n_slow: int, n_fast: int) -> _ChunkWork:
+    """This thread's work buffers, kept from one chunk to the next: allocating and first touching
+    their ~15 MB (516×516 pixels) for every chunk cost as much as thresholding 5 images. Every
+    entry the kernels read is written first in each image (the tables' zero row and column are
+    never written), so reuse cannot change a result."""
+    work = getattr(_per_thread, "work", None)
+    if work is None or work.shape != (n_slow, n_fast):
+        work = _per_thread.work = _ChunkWork(n_slow, n_fast)
+    return work
 
 
 def strong_pixels_in_chunk(
@@ -181,16 +218,17 @@ def strong_pixels_in_chunk(
     if raw_chunk.ndim != 3:
         raise ValueError(f"a chunk must be (n_images, slow, fast), got shape {raw_chunk.shape}")
     _, n_slow, n_fast = raw_chunk.shape
+    work = _chunk_work(n_slow, n_fast)
     if gain_map is None:
-        gain_map = np.full((n_slow, n_fast), parameters.gain_value)
-    work = ThresholdWork(n_slow, n_fast)
+        gain_map = work.uniform_gain_map(parameters.gain_value)
     ky, kx = parameters.kernel_size
     max_strong = int(np.ceil(max_strong_pixel_fraction * n_slow * n_fast))
     z, y, x, value, label, n_components, per_image, rejected = _strong_pixels_in_chunk(
         raw_chunk, np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),
         float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
-        float(parameters.global_threshold), parameters.extended, max_strong, *work.buffers(),
+        float(parameters.global_threshold), parameters.extended, max_strong, *work.labelling_buffers(),
+        *work.threshold.buffers(),
     )
     return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image, rejected)
 

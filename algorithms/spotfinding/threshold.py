@@ -86,14 +86,15 @@ class ThresholdWork:
         self.sat_sumsq = np.zeros(shape, np.float64)
         self.sat_core_count = np.zeros(shape, np.int32)
         self.sat_core_sum = np.zeros(shape, np.float64)
+        self.row_hit = np.empty(n_fast, np.bool_)  # the dispersion test of one row
         self.flags = np.zeros((n_slow, n_fast), np.uint8)
         self.dispersed = np.empty(n_slow * n_fast, np.int64)
         self.core = np.empty(n_slow * n_fast, np.int64)
 
     def buffers(self) -> tuple:
         """The buffers in the order :func:`threshold_image_into` takes them."""
-        return (self.valid, self.sat_count, self.sat_sum, self.sat_sumsq, self.sat_core_count, self.sat_core_sum, self.flags,
-                self.dispersed, self.core)
+        return (self.valid, self.sat_count, self.sat_sum, self.sat_sumsq, self.sat_core_count, self.sat_core_sum,
+                self.row_hit, self.flags, self.dispersed, self.core)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -134,8 +135,67 @@ def _prepare_row(y, raw, static_mask, trusted_low, trusted_high, pedestal, panel
         sat_sumsq[y + 1, x + 1] = sat_sumsq[y, x + 1] + row_q
 
 
-# flags: 0 background or masked, 1 dispersed (also core pixels ≥ 2²⁴, left out of the statistics), 2 core
-_DISPERSED, _CORE = 1, 2
+@numba.njit(cache=True, nogil=True, inline="always")
+def row_of(index, y, n_fast):
+    """The row of raster index ``index`` given the row ``y`` of an earlier index of an ascending
+    list: walking the rows costs less than a division per pixel."""
+    while index >= (y + 1) * n_fast:
+        y += 1
+    return y
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_row(above, value, out):
+    """out = above + value, element by element (equal-length slices)."""
+    for i in range(len(out)):
+        out[i] = above[i] + value
+
+
+# flags: 0 background or masked, 1 dispersed, 2 dispersed and core along its row
+_DISPERSED, _ROW_CORE = 1, 2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _is_dispersed(valid, n, s, q, g, min_local, sigma_background):
+    """The dispersion test of a valid pixel whose window holds n pixels with sums s = Σc and
+    q = Σc²: enough pixels, s ≥ 0 and an index of dispersion above the Poisson expectation.
+    Branch-free, so that a row of tests vectorises."""
+    return valid & (n >= min_local) & (s >= 0) & (
+        n * q - s * s - g * s * (n - 1) > g * s * sigma_background * np.sqrt(2.0 * (n - 1)))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dispersion_row(y, y0, y1, kernel_x, min_local, sigma_background, valid, gain_map, sat_count, sat_sum, sat_sumsq, hit):
+    """``hit`` = the dispersion test of every pixel of row y (window rows [y0, y1)).
+
+    Interior pixels, whose windows are not clipped, read the tables through slices indexed by
+    the loop counter alone (x = kernel_x + i, columns [i, i + 2·kernel_x + 1)): numba then emits
+    no wrap-around code for negative indices and the loop vectorises. The sums are formed in
+    :func:`_box`'s order, so both loops give the same bits."""
+    n_fast = hit.shape[0]
+    width = 2 * kernel_x + 1
+    m = max(n_fast - 2 * kernel_x, 0)
+    n0, n1 = sat_count[y0], sat_count[y1]
+    s0, s1 = sat_sum[y0], sat_sum[y1]
+    q0, q1 = sat_sumsq[y0], sat_sumsq[y1]
+    n0a, n0b, n1a, n1b = n0[:m], n0[width : width + m], n1[:m], n1[width : width + m]
+    s0a, s0b, s1a, s1b = s0[:m], s0[width : width + m], s1[:m], s1[width : width + m]
+    q0a, q0b, q1a, q1b = q0[:m], q0[width : width + m], q1[:m], q1[width : width + m]
+    valid_in = valid[y, kernel_x : kernel_x + m]
+    gain_in = gain_map[y, kernel_x : kernel_x + m]
+    hit_in = hit[kernel_x : kernel_x + m]
+    for i in range(m):
+        n = n1b[i] - n0b[i] - n1a[i] + n0a[i]
+        s = s1b[i] - s0b[i] - s1a[i] + s0a[i]
+        q = q1b[i] - q0b[i] - q1a[i] + q0a[i]
+        hit_in[i] = _is_dispersed(valid_in[i], n, s, q, gain_in[i], min_local, sigma_background)
+    for x in range(n_fast):
+        if kernel_x <= x < kernel_x + m:
+            continue
+        x0 = max(0, x - kernel_x)
+        x1 = min(n_fast, x + kernel_x + 1)
+        hit[x] = _is_dispersed(valid[y, x], _box(sat_count, y0, y1, x0, x1), _box(sat_sum, y0, y1, x0, x1),
+                               _box(sat_sumsq, y0, y1, x0, x1), gain_map[y, x], min_local, sigma_background)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -143,15 +203,15 @@ def threshold_image_into(
     raw, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
     kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
     strong, strong_list,
-    valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, flags, dispersed_list, core_list,
+    valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags, dispersed_list, core_list,
 ):
     """Threshold one raw image; returns the number of strong pixels.
 
     Fills ``strong`` (bool, image shape), the first entries of ``strong_list`` with the strong
     pixels' raster indices (y·n_fast + x, ascending) and ``valid`` with the per-image mask; the
     arguments after ``strong_list`` are work buffers (:meth:`ThresholdWork.buffers`). Only the
-    first two passes visit every pixel; the erosion and the final test visit the (few percent)
-    dispersed pixels only.
+    dispersion test and the core pixels' tables visit every pixel (both in loops that
+    vectorise); the erosion and the final test visit the (few percent) dispersed pixels only.
     """
     n_slow, n_fast = raw.shape
     strong[:, :] = False
@@ -170,72 +230,96 @@ def threshold_image_into(
             continue
         y0 = max(0, y - kernel_y)
         y1 = min(n_slow, y + kernel_y + 1)
+        _dispersion_row(y, y0, y1, kernel_x, min_local, sigma_background, valid, gain_map, sat_count, sat_sum, sat_sumsq,
+                        row_hit)
         for x in range(n_fast):
-            if not valid[y, x]:
+            if not row_hit[x]:
                 continue
-            x0 = max(0, x - kernel_x)
-            x1 = min(n_fast, x + kernel_x + 1)
-            n = _box(sat_count, y0, y1, x0, x1)
-            s = _box(sat_sum, y0, y1, x0, x1)
-            if n < min_local or s < 0:
-                continue
-            q = _box(sat_sumsq, y0, y1, x0, x1)
-            g = gain_map[y, x]
-            if n * q - s * s - g * s * (n - 1) > g * s * sigma_background * np.sqrt(2.0 * (n - 1)):
-                if extended:
-                    flags[y, x] = _DISPERSED
-                    dispersed_list[n_dispersed] = y * n_fast + x
-                    n_dispersed += 1
-                else:
-                    c = corrected_value(raw, y, x, pedestal, panel_gain)
-                    if c > global_threshold and n * c - s > sigma_strong * np.sqrt(g * s * n):
-                        strong[y, x] = True
-                        strong_list[n_strong] = y * n_fast + x
-                        n_strong += 1
+            if extended:
+                flags[y, x] = _DISPERSED
+                dispersed_list[n_dispersed] = y * n_fast + x
+                n_dispersed += 1
+            else:
+                x0 = max(0, x - kernel_x)
+                x1 = min(n_fast, x + kernel_x + 1)
+                n = _box(sat_count, y0, y1, x0, x1)
+                s = _box(sat_sum, y0, y1, x0, x1)
+                c = corrected_value(raw, y, x, pedestal, panel_gain)
+                if c > global_threshold and n * c - s > sigma_strong * np.sqrt(gain_map[y, x] * s * n):
+                    strong[y, x] = True
+                    strong_list[n_strong] = y * n_fast + x
+                    n_strong += 1
     if not extended:
         return n_strong
 
     # Pass 2: erosion. A dispersed pixel is "core" iff its chessboard distance to the nearest
     # non-dispersed pixel is ≥ e = min(kernel): no non-dispersed pixel in the (2e−1)² window
-    # around it (clipped at the image edge, beyond which nothing counts as background).
+    # around it (clipped at the image edge, beyond which nothing counts as background). The
+    # square erodes separably: first along rows, where the dispersed list (raster order) gives
+    # each run of consecutive dispersed pixels, then along columns over the row-eroded flags.
     reach = min(kernel_x, kernel_y) - 1
-    n_core = 0
+    first_x = 0
+    last_x = 0
+    y = 0
     for i in range(n_dispersed):
-        y = dispersed_list[i] // n_fast
+        y = row_of(dispersed_list[i], y, n_fast)
+        x = dispersed_list[i] - y * n_fast
+        if i == 0 or x == 0 or dispersed_list[i] != dispersed_list[i - 1] + 1:
+            # a new run: the pixel is not the right neighbour of the previous one in its row
+            run_end = i + 1
+            row_end = i + n_fast - x  # a run ends with its row
+            while run_end < min(n_dispersed, row_end) and dispersed_list[run_end] == dispersed_list[run_end - 1] + 1:
+                run_end += 1
+            first_x = x
+            last_x = x + run_end - 1 - i
+        if (x - first_x >= reach or first_x == 0) and (last_x - x >= reach or last_x == n_fast - 1):
+            flags[y, x] = _ROW_CORE
+    n_core = 0
+    y = 0
+    for i in range(n_dispersed):
+        y = row_of(dispersed_list[i], y, n_fast)
         x = dispersed_list[i] - y * n_fast
         is_core = True
         for yy in range(max(0, y - reach), min(n_slow, y + reach + 1)):
-            if not is_core:
+            if flags[yy, x] != _ROW_CORE:
+                is_core = False
                 break
-            for xx in range(max(0, x - reach), min(n_fast, x + reach + 1)):
-                if flags[yy, xx] == 0:
-                    is_core = False
-                    break
         if is_core:
             core_list[n_core] = dispersed_list[i]
             n_core += 1
-    for i in range(n_core):
-        y = core_list[i] // n_fast
-        x = core_list[i] - y * n_fast
-        if corrected_value(raw, y, x, pedestal, panel_gain) < _STATISTICS_MAX_VALUE:
-            flags[y, x] = _CORE
 
     # Pass 3: core pixels against the mean of the background (valid, not core) pixels of a
-    # window two pixels wider: the valid-pixel sums minus those of the core pixels, from
-    # summed-area tables of the core pixels.
+    # window two pixels wider: the valid-pixel sums minus those of the core pixels below 2²⁴,
+    # from summed-area tables of the core pixels. A row of those tables is the row above plus
+    # the row's running sums, which change only at the row's core pixels: it is filled stretch
+    # by stretch between them (loops that vectorise) instead of pixel by pixel.
+    j = 0
+    y_core = row_of(core_list[0], 0, n_fast) if n_core > 0 else n_slow
     for y in range(n_slow):
+        count_above, count_row = sat_core_count[y], sat_core_count[y + 1]
+        sum_above, sum_row = sat_core_sum[y], sat_core_sum[y + 1]
         row_n = 0
         row_s = 0.0
-        for x in range(n_fast):
-            if flags[y, x] == _CORE:
+        x_from = 0  # the row's table columns 1 … x_from are filled
+        while j < n_core and y_core == y:
+            x = core_list[j] - y * n_fast
+            _add_row(count_above[x_from + 1 : x + 1], row_n, count_row[x_from + 1 : x + 1])
+            _add_row(sum_above[x_from + 1 : x + 1], row_s, sum_row[x_from + 1 : x + 1])
+            c = corrected_value(raw, y, x, pedestal, panel_gain)
+            if c < _STATISTICS_MAX_VALUE:
                 row_n += 1
-                row_s += corrected_value(raw, y, x, pedestal, panel_gain)
-            sat_core_count[y + 1, x + 1] = sat_core_count[y, x + 1] + row_n
-            sat_core_sum[y + 1, x + 1] = sat_core_sum[y, x + 1] + row_s
+                row_s += c
+            x_from = x
+            j += 1
+            if j < n_core:
+                y_core = row_of(core_list[j], y_core, n_fast)
+        _add_row(count_above[x_from + 1 :], row_n, count_row[x_from + 1 :])
+        _add_row(sum_above[x_from + 1 :], row_s, sum_row[x_from + 1 :])
     wx = kernel_x + 2
     wy = kernel_y + 2
+    y = 0
     for i in range(n_core):
-        y = core_list[i] // n_fast
+        y = row_of(core_list[i], y, n_fast)
         x = core_list[i] - y * n_fast
         c = corrected_value(raw, y, x, pedestal, panel_gain)
         if not c > global_threshold:

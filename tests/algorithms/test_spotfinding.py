@@ -1,6 +1,8 @@
 """Spot finding against exact references: an independent scipy.ndimage implementation of the
 same algorithm, hand-made pixel patterns with known components, known spot centres, and DIALS'
 own numbers (the first spot of the lysozyme strong.refl, histograms from DIALS logs)."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,25 @@ def test_threshold_equals_independent_reference(stack, algorithm, min_local, gai
     assert ours.sum() > 20
     np.testing.assert_array_equal(ours, reference)
     assert not ours[10, 10] and not ours[~mask].any()
+
+
+@pytest.mark.parametrize("kernel", [(1, 1), (2, 3), (3, 3), (4, 4)])
+def test_dense_and_edge_dispersed_regions_equal_the_reference(stack, kernel):
+    """Erosion and the background test where dispersed regions are large, touch all four image
+    edges or fill nearly the whole image (a scrambled frame), for reaches 0 to 3; two core
+    pixels at 2²⁴ or more stay out of the window statistics."""
+    rng = np.random.default_rng(11)
+    scrambled = rng.permutation(stack[8].ravel()).reshape(stack.shape[1:])
+    blobs = gaussian_spots(rng, (1,) + stack.shape[1:], [(0.5, 0, 0), (0.5, 0, 109), (0.5, 89, 0), (0.5, 89, 109),
+                                                         (0.5, 45, 0), (0.5, 0, 55)], [60000] * 6,
+                           sigma_zyx=(0.5, 4.0, 4.0))[0].astype(np.float64)
+    blobs[1, 1] = blobs[45, 2] = 2.0**24 + 3  # core pixels left out of the statistics
+    mask = np.ones(stack.shape[1:], bool)
+    for image in (scrambled, blobs):
+        parameters = DispersionParameters(kernel_size=kernel)
+        ours = dispersion_threshold_mask(image, mask, parameters)
+        np.testing.assert_array_equal(ours, reference_threshold(image, mask, parameters))
+        assert ours.sum() > 100
 
 
 def test_spots_at_every_edge_can_be_strong():
@@ -133,6 +154,29 @@ def test_components_are_6_connected_across_images_and_chunks(chunk_images):
     assert labels[(2, 30, 30)] != labels[(3, 31, 30)]
     assert labels[(5, 40, 40)] == labels[(5, 40, 41)] == labels[(5, 41, 40)]
     np.testing.assert_array_equal(pixels.strong_per_image, [2, 0, 2, 2, 2, 3])
+
+
+def test_work_buffers_kept_between_chunks_change_no_result(stack):
+    """A thread keeps its work buffers from chunk to chunk: a chunk gives the same pixels after
+    a dense (scrambled) chunk, after a chunk of another image size and in a fresh thread."""
+    mask = np.ones(stack.shape[1:], bool)
+
+    def run(chunk):
+        pixels = strong_pixels_in_chunk(chunk, 0, mask)
+        return [getattr(pixels, name) for name in ("z", "y", "x", "value", "label", "strong_per_image")]
+
+    first = run(stack[3:7])
+    rng = np.random.default_rng(3)
+    run(rng.permutation(stack[3:7].ravel()).reshape(4, *stack.shape[1:]))
+    after_dense = run(stack[3:7])
+    strong_pixels_in_chunk(stack[:2, :50, :70], 0, np.ones((50, 70), bool))
+    after_other_size = run(stack[3:7])
+    with ThreadPoolExecutor(1) as pool:
+        fresh = pool.submit(run, stack[3:7]).result()
+    assert len(first[0]) > 100
+    for results in (after_dense, after_other_size, fresh):
+        for a, b in zip(first, results):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_join_chunks_rejects_gaps():
