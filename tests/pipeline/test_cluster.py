@@ -22,6 +22,10 @@ def test_local_cluster_serves_dashboard_on_loopback():
         with urllib.request.urlopen(link, timeout=30) as response:
             assert response.status == 200
             assert b"Dask" in response.read()
+        # distributed's default MALLOC_TRIM_THRESHOLD_ fixes glibc's mmap threshold (about 2x CPU in scaling)
+        environments = client.run(lambda: dict(os.environ)).values()
+        assert all("MALLOC_TRIM_THRESHOLD_" not in env for env in environments)
+        assert all(env.get("OMP_NUM_THREADS") == "1" for env in environments)  # the other defaults stay
 
 
 def test_unknown_cluster_kind_is_a_parameter_error():
@@ -44,4 +48,6 @@ def test_slurm_cluster_runs_tasks_inside_slurm_jobs():
         pytest.skip("no SLURM cluster running (deploy/slurm/start-single-node.sh starts one)")
     with cluster_client(cluster="slurm", jobs=1) as client:
         job_id = client.submit(_env_var, "SLURM_JOB_ID", pure=False).result()
+        environments = client.run(lambda: dict(os.environ)).values()
     assert job_id and job_id.isdigit()
+    assert environments and all("MALLOC_TRIM_THRESHOLD_" not in env for env in environments)
