@@ -123,17 +123,20 @@ def summarise_task_stream(stream: list[dict]) -> dict:
 
 
 def run_once(datasets: list[str], workers: int, parameters: dict, truth: Path, cores: int) -> dict:
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import get_task_stream
 
     from pipeline import process
+    from pipeline.cluster import cluster_client
     from pipeline.truth import compare_with_truth
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-process-"))
     try:
         with PeakMemory() as memory:
             start = time.perf_counter()
-            with LocalCluster(n_workers=workers, threads_per_worker=max(1, cores // workers),
-                              dashboard_address=":0") as cluster, Client(cluster) as client:
+            # the cluster `ewald process` starts (with its worker settings), given as a client
+            # so that the task stream can be recorded
+            with cluster_client(n_workers=workers, threads_per_worker=max(1, cores // workers),
+                                dashboard_address=":0") as client:
                 started = time.perf_counter()
                 with get_task_stream(client) as stream:
                     result = process(datasets, client=client, workdir=str(workdir), **parameters)
