@@ -24,19 +24,26 @@ DUPLICATE_PHI_WINDOW_DEG = 45.0
 
 
 @numba.njit(cache=True, nogil=True)
+def _end_of_run(order, hkl, start):
+    """The end (exclusive) of the run of equal h that starts at ``order[start]``."""
+    end = start + 1
+    while end < len(order):
+        a = order[start]
+        b = order[end]
+        if hkl[a, 0] != hkl[b, 0] or hkl[a, 1] != hkl[b, 1] or hkl[a, 2] != hkl[b, 2]:
+            break
+        end += 1
+    return end
+
+
+@numba.njit(cache=True, nogil=True)
 def _reject_duplicates(order, hkl, phi, residual, window_rad, indexed):
     """Within runs of equal h (``order`` sorts by h, then residual), keep a spot only if no
     better spot of the run lies within the φ window."""
     n = len(order)
     start = 0
     while start < n:
-        end = start + 1
-        while end < n:
-            a = order[start]
-            b = order[end]
-            if hkl[a, 0] != hkl[b, 0] or hkl[a, 1] != hkl[b, 1] or hkl[a, 2] != hkl[b, 2]:
-                break
-            end += 1
+        end = _end_of_run(order, hkl, start)
         if end - start > 1:
             for m in range(start + 1, end):
                 spot = order[m]
@@ -88,13 +95,7 @@ def _pieces_of_kept(order, hkl, footprint, kept, piece_of):
     n = len(order)
     start = 0
     while start < n:
-        end = start + 1
-        while end < n:
-            a = order[start]
-            b = order[end]
-            if hkl[a, 0] != hkl[b, 0] or hkl[a, 1] != hkl[b, 1] or hkl[a, 2] != hkl[b, 2]:
-                break
-            end += 1
+        end = _end_of_run(order, hkl, start)
         for m in range(start, end):
             spot = order[m]
             if kept[spot]:
