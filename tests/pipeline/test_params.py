@@ -18,30 +18,8 @@ from pipeline.params import (
     parse_parameters,
     scope,
 )
+from walkthrough import WALKTHROUGH_RESTRAINT_PHIL
 
-# The restraint file of the DIALS MyD88 small-wedge walk-through, verbatim.
-WALKTHROUGH_RESTRAINT_PHIL = """\
-refinement
-{
-  parameterisation
-  {
-    crystal
-    {
-      unit_cell
-      {
-        restraints
-        {
-          tie_to_target
-          {
-            values=99.06,31.01,54.30,90,107.7,90
-            sigmas=0.01,0.01,0.01,0.01,0.01,0.01
-          }
-        }
-      }
-    }
-  }
-}
-"""
 MYD88_CELL = (99.06, 31.01, 54.30, 90.0, 107.7, 90.0)
 
 

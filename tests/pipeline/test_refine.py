@@ -15,28 +15,7 @@ from pipeline.params import parse_parameters
 from pipeline.steps import refine
 from pipeline.steps.refine_bravais_settings import reindexed
 from algorithms.symmetry import setting_for_space_group, symmetrize_crystal
-
-RESTRAINT_PHIL = """refinement
-{
-  parameterisation
-  {
-    crystal
-    {
-      unit_cell
-      {
-        restraints
-        {
-          tie_to_target
-          {
-            values=99.06,31.01,54.30,90,107.7,90
-            sigmas=0.01,0.01,0.01,0.01,0.01,0.01
-          }
-        }
-      }
-    }
-  }
-}
-"""
+from walkthrough import WALKTHROUGH_RESTRAINT_PHIL
 
 
 def _params(*args):
@@ -45,7 +24,7 @@ def _params(*args):
 
 def test_parameter_names_of_the_walk_through(tmp_path):
     phil = tmp_path / "restraint.phil"
-    phil.write_text(RESTRAINT_PHIL)
+    phil.write_text(WALKTHROUGH_RESTRAINT_PHIL)
     params = _params("detector.fix=distance", "goniometer.fix=None", "scan_varying=False", str(phil),
                      "refinement.reflections.outlier.algorithm=tukey", "refinement.refinery.engine=GaussNewton")
     p = params.refinement.parameterisation
@@ -107,7 +86,7 @@ def test_refined_reflections_carry_predictions_flags_and_other_columns(drifting)
 def test_restrained_static_refinement_finds_the_distance_from_2193_mm(tmp_path):
     """The walk-through's calibration: indexed at 2193 mm, C2 setting, restraint, detector.fix=orientation."""
     phil = tmp_path / "restraint.phil"
-    phil.write_text(RESTRAINT_PHIL)
+    phil.write_text(WALKTHROUGH_RESTRAINT_PHIL)
     data = indexed_p1(seed=5, index_distance_mm=2193.0)
     setting = setting_for_space_group(data.experiment.crystal.unit_cell, "C 1 2 1")
     experiment = data.experiment.copy()
