@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +31,12 @@ from algorithms.geometry.prediction import reciprocal_lattice_points  # noqa: E4
 from algorithms.indexing import estimate_max_cell, fft3d_candidate_vectors, index_reflections  # noqa: E402
 from algorithms.indexing.fft3d import fft_d_min, fill_reciprocal_grid  # noqa: E402
 from indexing_simulation import MYD88_C2, simulate_spots  # noqa: E402
+from simulated_data import timed_repeats  # noqa: E402
 
 REPEATS = 5
 RESULTS = ROOT / "benchmarks" / "results" / "indexing.json"
 LYSOZYME_14 = ROOT.parent / "shared" / "data" / "ed_lysozyme_cred" / "reference_dials" / "experiment_14"
 
-
-def _timed(fn, repeats: int = REPEATS):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "repeats": repeats}
 
 
 def _cases():
@@ -71,14 +62,14 @@ def main() -> None:
         max_cell = estimate_max_cell(rlp, phi, entering)
         grid, _ = fill_reciprocal_grid(rlp, 256, fft_d_min(max_cell, 256, d))
         case = {"n_spots": int(len(rlp)), "max_cell": max_cell}
-        _, case["numpy_fftn_256_reference"] = _timed(lambda: np.fft.fftn(grid), 2)
+        _, case["numpy_fftn_256_reference"] = timed_repeats(lambda: np.fft.fftn(grid), 2)
         for n in (256, 128):
-            _, case[f"fft3d_vectors_{n}"] = _timed(lambda: fft3d_candidate_vectors(rlp, d, max_cell, n_points=n))
-        full_256, case["index_fft3d_256"] = _timed(lambda: index_reflections(rlp, d, phi, entering, max_cell=max_cell))
-        full_128, case["index_fft3d_128"] = _timed(
-            lambda: index_reflections(rlp, d, phi, entering, max_cell=max_cell, n_points=128))
-        _, case["index_fft1d"] = _timed(lambda: index_reflections(rlp, d, phi, entering, max_cell=max_cell,
-                                                                  method="fft1d"), 3)
+            _, case[f"fft3d_vectors_{n}"] = timed_repeats(lambda: fft3d_candidate_vectors(rlp, d, max_cell, n_points=n), REPEATS)
+        full_256, case["index_fft3d_256"] = timed_repeats(lambda: index_reflections(rlp, d, phi, entering, max_cell=max_cell), REPEATS)
+        full_128, case["index_fft3d_128"] = timed_repeats(
+            lambda: index_reflections(rlp, d, phi, entering, max_cell=max_cell, n_points=128), REPEATS)
+        _, case["index_fft1d"] = timed_repeats(lambda: index_reflections(rlp, d, phi, entering, max_cell=max_cell,
+                                                                         method="fft1d"), 3)
         T = np.linalg.inv(full_128.crystal.A) @ full_256.crystal.A
         same = bool(np.abs(T - np.rint(T)).max() < 0.01)
         case["n_indexed_256"] = int(full_256.indexed_mask.sum())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import gemmi
@@ -30,19 +29,11 @@ from algorithms.refinement import RefinementOptions, refine
 from algorithms.refinement.refiner import _Macrocycle, _observations
 from algorithms.refinement.reflection_manager import usable_rows
 from algorithms.refinement.simulation import ED_CELL, ed_experiment, orientation_error_deg, perturbed, simulate_reflections
+from simulated_data import timed_repeats
 
 REPEATS = 5
 RESULTS = Path(__file__).resolve().parent / "results" / "refinement.json"
 
-
-def _timed(fn, repeats: int = REPEATS):
-    fn()  # warm-up: numba compilation and caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, {"median_s": float(np.median(times)), "min_s": float(np.min(times)), "repeats": repeats}
 
 
 def _scipy_reference(start, table, options):
@@ -70,7 +61,7 @@ def main() -> dict:
         "data": {"reflections": len(table), "images": truth.scan.num_images, "cell": ED_CELL, "noise_px_images": 0.3},
     }
 
-    static, timing = _timed(lambda: refine(start, table, options))
+    static, timing = timed_repeats(lambda: refine(start, table, options), REPEATS)
     report["static_one_crystal"] = {
         **timing,
         "parameters": len(static.parameter_names),
@@ -80,7 +71,7 @@ def main() -> dict:
         "orientation_error_deg": orientation_error_deg(static.experiment.crystal.U, truth.crystal.U),
     }
 
-    (solution, final), timing = _timed(lambda: _scipy_reference(start, table, options))
+    (solution, final), timing = timed_repeats(lambda: _scipy_reference(start, table, options), REPEATS)
     report["scipy_least_squares_reference"] = {
         **timing,
         "function_evaluations": int(solution.nfev),
@@ -90,7 +81,7 @@ def main() -> dict:
     report["speedup_vs_scipy"] = report["scipy_least_squares_reference"]["median_s"] / report["static_one_crystal"]["median_s"]
 
     sv_options = RefinementOptions(detector_fix=("distance",), scan_varying=True)
-    varying, timing = _timed(lambda: refine(start, table, sv_options))
+    varying, timing = timed_repeats(lambda: refine(start, table, sv_options), REPEATS)
     report["static_then_scan_varying_one_crystal"] = {
         **timing, "parameters": len(varying.parameter_names),
         "rmsd_px_px_images": [varying.rmsds["x_px"], varying.rmsds["y_px"], varying.rmsds["z_images"]],
@@ -102,7 +93,7 @@ def main() -> dict:
     cell[:3] *= 2193.0 / 1762.0
     calib_start.crystal = Crystal.from_cell_and_U(gemmi.UnitCell(*cell), truth.crystal.U, truth.crystal.space_group)
     calib_options = RefinementOptions(detector_fix=("orientation",), unit_cell_restraints=[(ED_CELL, (0.01,) * 6)])
-    calibrated, timing = _timed(lambda: refine(calib_start, table, calib_options))
+    calibrated, timing = timed_repeats(lambda: refine(calib_start, table, calib_options), REPEATS)
     report["restrained_distance_calibration"] = {**timing, "distance_mm": calibrated.experiment.detector.distance_mm,
                                                  "true_distance_mm": 1762.0}
 
@@ -111,7 +102,7 @@ def main() -> dict:
         t = ed_experiment(seed)
         tab, _ = simulate_reflections(t, 600, seed=seed + 50)
         crystals.append((perturbed(t, seed=seed), tab))
-    _, timing = _timed(lambda: [refine(s, tab, options) for s, tab in crystals], repeats=2)
+    _, timing = timed_repeats(lambda: [refine(s, tab, options) for s, tab in crystals], repeats=2)
     report["eighteen_crystals_static_sequential"] = {**timing, "per_crystal_s": timing["median_s"] / 18}
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

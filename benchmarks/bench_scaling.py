@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,22 +40,12 @@ from algorithms.scaling.delta_cc_half import delta_cc_half, image_groups, resolu
 from algorithms.scaling.target import ScalingTarget, minimise_lbfgs  # noqa: E402
 from algorithms.scaling.ambiguity import alternative_indexings, resolve_indexing_ambiguity  # noqa: E402
 from scaling_simulation import merged_against_truth, simulate_ambiguous_crystals, simulate_scaling  # noqa: E402
+from simulated_data import timed_repeats  # noqa: E402
 import gemmi  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.json"
 CORRUPTED = {k: ([1, 2, 36, 37, 71, 72] if k % 2 else [30, 31, 32]) for k in (1, 4, 7, 10, 13, 16)}
 
-
-def _timed(fn, repeats: int):
-    times, cpu = [], []
-    out = None
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        out = fn()
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return out, {"median_s": float(np.median(times)), "min_s": float(np.min(times)),
-                 "median_cpu_s": float(np.median(cpu)), "repeats": repeats}
 
 
 def _quality(sim, result) -> dict:
@@ -77,7 +66,7 @@ def _ambiguity_benchmark(n_crystals: int = 60) -> dict:
     flipped = set(range(0, n_crystals, 3))
     simulated, _ = simulate_ambiguous_crystals(cell, "P 4", [operators[1] if k in flipped else None for k in range(n_crystals)])
     args = (simulated["dataset"], simulated["hkl"], simulated["intensity"], simulated["d"], n_crystals, sg, operators)
-    result, timing = _timed(lambda: resolve_indexing_ambiguity(*args), repeats=3)
+    result, timing = timed_repeats(lambda: resolve_indexing_ambiguity(*args), 3, warm_up=False)
 
     def reference():  # the same normalised means, one np.intersect1d per pair and setting
         from algorithms.scaling.ambiguity import _normalised_intensities
@@ -101,7 +90,7 @@ def _ambiguity_benchmark(n_crystals: int = 60) -> dict:
                         r[a, i, j] = np.corrcoef(per_setting[a][i][1][ia], per_setting[0][j][1][jb])[0, 1]
         return r
 
-    r_reference, reference_timing = _timed(reference, repeats=1)
+    r_reference, reference_timing = timed_repeats(reference, 1, warm_up=False)
     return {**timing, "n_crystals": n_crystals, "n_observations": len(simulated["dataset"]),
             "reindexed_correctly": {k for k, _ in result.reindexed()} == flipped,
             "reference_pairwise_loop": {**reference_timing,
@@ -115,13 +104,13 @@ def main() -> None:
               "case": {"n_datasets": data.n_datasets, "n_observations": len(data), "images_per_dataset": 72}}
 
     options = ScalingOptions(d_min=3.0, filtering_method="deltacchalf", mode="image_group", group_size=1)
-    result, timing = _timed(lambda: scale_and_filter(data, options), repeats=2)
+    result, timing = timed_repeats(lambda: scale_and_filter(data, options), 2, warm_up=False)
     report["scale_and_filter_image_group"] = {**timing, "n_cycles": len(result.filtering.cycles),
                                               "termination": result.filtering.termination_reason, **_quality(sim, result)}
     dials_cutoff = scale_and_filter(data, ScalingOptions(d_min=3.0, filtering_method="deltacchalf", mode="image_group",
                                                          group_size=1, cutoff_rule="mean_sd"))
     report["scale_and_filter_image_group_dials_cutoff"] = _quality(sim, dials_cutoff)
-    result_plain, timing = _timed(lambda: scale_and_filter(data, ScalingOptions(d_min=3.0)), repeats=2)
+    result_plain, timing = timed_repeats(lambda: scale_and_filter(data, ScalingOptions(d_min=3.0)), 2, warm_up=False)
     report["scale_without_filtering"] = timing
 
     mapping = map_to_asu(data.miller_index, data.space_group)
@@ -129,14 +118,14 @@ def main() -> None:
     target = ScalingTarget(model, mapping.group, len(mapping.unique_asu_index), data.intensities.intensity_prf,
                            1.0 / (2.25 * data.intensities.variance_prf))
     p0 = model.initial_parameters()
-    p_ewald, timing = _timed(lambda: minimise_lbfgs(target, p0), repeats=3)
+    p_ewald, timing = timed_repeats(lambda: minimise_lbfgs(target, p0), 3, warm_up=False)
     report["lbfgs_ewald"] = {**timing, "target": target.value_and_gradient(p_ewald)[0], "n_parameters": model.n_parameters}
 
     def scipy_reference():
         return optimize.minimize(target.value_and_gradient, p0, jac=True, method="L-BFGS-B",
                                  options={"maxiter": 1000, "ftol": 1e-11, "gtol": 1e-10}).x
 
-    p_scipy, timing = _timed(scipy_reference, repeats=1)
+    p_scipy, timing = timed_repeats(scipy_reference, 1, warm_up=False)
     report["lbfgs_scipy_reference"] = {**timing, "target": target.value_and_gradient(p_scipy)[0]}
 
     d_unique = np.asarray(data.unit_cell.calculate_d_array(mapping.unique_asu_index.astype(np.int32)))
@@ -144,7 +133,8 @@ def main() -> None:
     intensity = data.intensities.intensity_prf / sim.true_g
     groups = image_groups(data.dataset, data.image_number(), np.ones(len(data), bool), data.n_datasets, 1)
     n_refl, n_groups = len(mapping.unique_asu_index), len(groups.dataset)
-    (_, delta), timing = _timed(lambda: delta_cc_half(mapping.group, n_refl, intensity, groups.group, n_groups, bins), 5)
+    (_, delta), timing = timed_repeats(lambda: delta_cc_half(mapping.group, n_refl, intensity, groups.group, n_groups, bins), 5,
+                                        warm_up=False)
     report["delta_cc_half_vectorised"] = {**timing, "n_groups": n_groups}
 
     def reference_delta():
@@ -155,14 +145,14 @@ def main() -> None:
             out[i] = all_cc - sigma_tau_cc_half(mapping.group[keep], intensity[keep], bins, 10)[1]
         return out
 
-    reference, timing = _timed(reference_delta, 1)
+    reference, timing = timed_repeats(reference_delta, 1, warm_up=False)
     report["delta_cc_half_loop_reference"] = {**timing, "max_abs_difference": float(np.max(np.abs(reference - delta)))}
 
     keep = result_plain.scaled
     g = result_plain.inverse_scale_factor[keep]
-    _, timing = _timed(lambda: merging_statistics(data.miller_index[keep], result_plain.intensity[keep] / g,
-                                                  result_plain.variance[keep] / g**2, data.unit_cell,
-                                                  data.space_group), 3)
+    _, timing = timed_repeats(lambda: merging_statistics(data.miller_index[keep], result_plain.intensity[keep] / g,
+                                                         result_plain.variance[keep] / g**2, data.unit_cell,
+                                                         data.space_group), 3, warm_up=False)
     report["merging_statistics"] = timing
 
     report["ambiguity_resolution"] = _ambiguity_benchmark()
