@@ -6,6 +6,7 @@ scan-varying ("A sampled at 101 scan points"). ewald starts from the same indexe
 import numpy as np
 import pytest
 
+from algorithms.indexing.assign import assign_indices
 from algorithms.reflection_table import Flags
 from algorithms.refinement import RefinementOptions, refine
 
@@ -70,10 +71,8 @@ def lysozyme(shared_data):
     table = read_reflections(folder / "strong.refl")
     rlp = reciprocal_lattice_points(table["xyzobs.px.value"], experiment.beam, experiment.detector,
                                     experiment.goniometer, experiment.scan)
-    fractional = rlp @ np.linalg.inv(experiment.crystal.A).T
-    hkl = np.round(fractional).astype(int)
-    indexed = (np.linalg.norm(fractional - hkl, axis=1) <= 0.3) & np.any(hkl != 0, axis=1)
-    table["miller_index"] = np.where(indexed[:, None], hkl, 0)
+    hkl, indexed, _ = assign_indices(rlp, experiment.crystal.A, tolerance=0.3)
+    table["miller_index"] = hkl
     table["id"] = np.where(indexed, 0, -1)
     table["xyzobs.mm.value"], table["xyzobs.mm.variance"] = observations_mm_from_px(
         table["xyzobs.px.value"], table["xyzobs.px.variance"], experiment.detector, experiment.scan)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from algorithms.indexing.assign import assign_indices
 from algorithms.symmetry import ChangeOfBasis
 from indexed_p1_data import indexed_p1
 from pipeline.cli import main
@@ -155,10 +156,8 @@ def test_lysozyme_table_matches_dials(shared_data):
     table = read_reflections(folder / "strong.refl")
     rlp = reciprocal_lattice_points(table["xyzobs.px.value"], experiment.beam, experiment.detector,
                                     experiment.goniometer, experiment.scan)
-    fractional = rlp @ np.linalg.inv(experiment.crystal.A).T
-    hkl = np.round(fractional).astype(int)
-    indexed = (np.linalg.norm(fractional - hkl, axis=1) <= 0.3) & np.any(hkl != 0, axis=1)
-    table["miller_index"] = np.where(indexed[:, None], hkl, 0).astype(np.int32)
+    hkl, indexed, _ = assign_indices(rlp, experiment.crystal.A, tolerance=0.3)
+    table["miller_index"] = hkl.astype(np.int32)
     table["id"] = np.where(indexed, 0, -1)
     params, _ = parse_parameters(rbs.Params, ["beam.fix=all", "detector.fix=all"])
     solutions = rbs.run([experiment], table, params).summary["solutions"]

@@ -1,7 +1,6 @@
 """Image headers, format models, data-set checks and the lazy image stack (pipeline.images)."""
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -18,18 +17,8 @@ from pipeline.images import (
     read_image_file,
     read_image_header,
 )
+from smv_files import timepix_header, write_smv, write_sweep
 
-
-def _load_sibling(name: str):
-    """Test helpers beside this file (pytest's importlib mode puts no test folder on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-smv_files = _load_sibling("smv_files")
-timepix_header, write_smv, write_sweep = smv_files.timepix_header, smv_files.write_smv, smv_files.write_sweep
 TIMEPIX_EXAMPLE = "image_examples/TIMEPIX_SU_516-stdgoni_0001.img"
 
 

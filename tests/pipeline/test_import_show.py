@@ -1,7 +1,6 @@
 """The import step (overrides, real data against DIALS' imported.expt) and the show step."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -13,17 +12,7 @@ from algorithms.geometry.models import Crystal
 from pipeline.errors import InputFileError, ParameterError
 from pipeline.params import parse_parameters
 from pipeline.steps import import_, show
-
-
-def _load_sibling(name: str):
-    """Test helpers beside this file (pytest's importlib mode puts no test folder on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-smv_files = _load_sibling("smv_files")
+import smv_files
 
 
 def run_import(*args):
