@@ -51,6 +51,6 @@ def test_summary_is_comparable_with_dials(integrated_14):
     assert overall["number processed with summation"] >= 0.9 * 11235
     assert overall["number with invalid foreground pixels"] == pytest.approx(219, rel=0.15)
     assert overall["ibg"] == pytest.approx(31.35, rel=0.03)
-    # DIALS: cc_pearson sum/prf 0.97 (ewald 0.94: its profiles are fitted without the cells a
-    # neighbour's foreground shares, its sums are DIALS' plain sums)
+    # DIALS: cc_pearson sum/prf 0.97 (ewald: its sums and profile fits leave out the
+    # foreground a neighbour shares, its sums are corrected for the profile fraction)
     assert overall["cc_pearson sum/prf"] > 0.9
