@@ -440,11 +440,6 @@ def integrate_block(
         # corners), so that the grid does not depend on where the spot sits within a pixel
         for yy in range(ny):
             for xx in range(nx):
-                # the model profile (up to a constant) at the pixel centre, for the share of the
-                # foreground that is not shared with a neighbour
-                c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
-                c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
-                pixel_density[yy, xx] = math.exp(-(c1 * c1 + c2 * c2) * half_inv_var_b)
                 # the cells of the four corners: one cell (most pixels) or all outside the grid
                 # need no sub-pixels
                 k00 = _cell_of(c1c[yy, xx], c2c[yy, xx], inv_sb)
@@ -532,6 +527,15 @@ def integrate_block(
                     v_index += 1
         n_fg[i] = nf
         n_bg[i] = nb
+        overlapped = (f & OVERLAPPED_FG) != 0
+        if overlapped:
+            # the model profile (up to a constant) at each pixel centre, for the share of the
+            # foreground that is not shared with a neighbour
+            for yy in range(ny):
+                for xx in range(nx):
+                    c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
+                    c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
+                    pixel_density[yy, xx] = math.exp(-(c1 * c1 + c2 * c2) * half_inv_var_b)
         centroid[i, 0] = np.nan
         centroid[i, 1] = np.nan
         centroid[i, 2] = np.nan
@@ -625,9 +629,10 @@ def integrate_block(
                         grad[1] += b * ux[xx]
                         grad[2] += b * uy[yy]
                         grad[3] += b * uz[zz]
-                        p = pixel_density[yy, xx] * frame_mass[zz]
-                        mass_foreground += p
-                        if c == _FOREGROUND:
+                        if overlapped:
+                            p = pixel_density[yy, xx] * frame_mass[zz]
+                            mass_foreground += p
+                        if overlapped and c == _FOREGROUND:
                             mass_unshared += p
                             excess_unshared += v - b
                             sum_b_unshared += b
@@ -681,12 +686,15 @@ def integrate_block(
             if ok:
                 for a in range(n_params):
                     var_sum_b += grad[a] * sol[a]
-            if f & OVERLAPPED_FG:
+            if overlapped:
                 sol, ok = _solve_spd(information, grad_unshared, n_params)
                 if ok:
                     for a in range(n_params):
                         var_sum_b_unshared += grad_unshared[a] * sol[a]
-        unshared_fraction[i] = mass_unshared / mass_foreground if mass_foreground > 0 else 0.0
+        if overlapped:
+            unshared_fraction[i] = mass_unshared / mass_foreground if mass_foreground > 0 else 0.0
+        else:
+            unshared_fraction[i] = 1.0 if nf > 0 else 0.0
         bg_sum[i] = sum_b
         bg_mean[i] = sum_b / nf if nf > 0 else ex[nx // 2] * ey[ny // 2] * ez[nz // 2]
         bg_var[i] = var_sum_b / (nf * nf) if nf > 0 else 0.0
@@ -694,7 +702,7 @@ def integrate_block(
             f |= FAILED_SUMMATION
             isum[i] = 0.0
             vsum[i] = -1.0
-        elif f & OVERLAPPED_FG:
+        elif overlapped:
             if mass_unshared > 0.0:
                 scale = mass_foreground / mass_unshared
                 isum[i] = excess_unshared * scale
