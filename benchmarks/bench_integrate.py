@@ -9,7 +9,8 @@ Usage: ``python benchmarks/bench_integrate.py [--data FOLDER] [--workers 2] [--c
    lazy stack), then ``integration_graph`` (profile model, prediction, reference pass and σ
    refinement, chunk tasks, profile fitting) runs on the threaded Dask scheduler with
    ``--workers`` threads, after a warm-up run: wall and CPU time; and the same work single-threaded,
-   phase by phase (prepare = σb/σm + prediction; chunks = painting, background, summation, grid
+   phase by phase (prepare = σb/σm + prediction; background_profiles = every image's radial
+   background profile, once; chunks = painting, background, summation, grid
    mapping; finish = profile learning and fitting, table).
 3. ``--crystals`` sweeps end to end with ``integrate.run`` (SMV files read included) in one Dask
    graph: wall and CPU time, reflections/s, peak resident memory.
@@ -80,16 +81,19 @@ def one_sweep(experiment, indexed, workers: int) -> dict:
     pixel_valid = integrate.pixel_validity_mask(experiment)
     n = experiment.scan.num_images
     z0 = experiment.scan.array_range[0]
+    ring_u = integrate.ring_map(experiment)
+    profiles, t_background, _ = timed(integrate.background_profiles_chunk, prep, images, z0, experiment, pixel_valid,
+                                      ring_u)
     t_chunks = 0.0
     chunk_results = []
     for task, (s, e) in enumerate(prep["bounds"]):
         lo, hi = max(0, s - params.halo_images), min(n, e + params.halo_images)
         out, t, _ = timed(integrate.integrate_chunk, prep, task, images[lo:hi], z0 + lo, experiment, pixel_valid,
-                          params.background)
+                          params.background, False, ring_u, profiles[lo:hi])
         chunk_results.append(out)
         t_chunks += t
     out, t, _ = timed(integrate.integrate_chunk, prep, len(prep["bounds"]), images, z0, experiment, pixel_valid,
-                      params.background)
+                      params.background, False, ring_u, profiles)
     chunk_results.append(out)
     t_chunks += t
     _, t_finish, _ = timed(integrate.finish, prep, chunk_results, experiment, indexed, params, 0)
@@ -102,7 +106,8 @@ def one_sweep(experiment, indexed, workers: int) -> dict:
         "cpu_s": round(cpu, 3),
         "wall_s_all_runs": [round(r[1], 3) for r in runs],
         "reflections_per_s": round(len(table) / wall, 1),
-        "single_thread_phases_s": {"prepare": round(t_prepare, 3), "chunks": round(t_chunks, 3),
+        "single_thread_phases_s": {"prepare": round(t_prepare, 3), "background_profiles": round(t_background, 3),
+                                   "chunks": round(t_chunks, 3),
                                    "finish": round(t_finish, 3)},
         "wide_task_reflections": int(np.sum(prep["owner"] == len(prep["bounds"]))),
         "sigma_b_deg": result.summary["profile_model"]["sigma_b_deg"],

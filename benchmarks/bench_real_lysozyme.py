@@ -115,15 +115,24 @@ def merging_summary(log_text: str) -> dict:
             "n_unique": int(overall("Total unique")), "d_min": overall("High resolution limit")}
 
 
+def cc_half_by_shell(log_text: str) -> list[float]:
+    """CC½ of each resolution shell of the last "Statistics by resolution bin" table of a log
+    (DIALS' format, which ewald's logs share), low resolution first, without the overall row."""
+    table = log_text.rsplit("d_max  d_min", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[1:] if line.strip()]
+    return [float(row[-2].rstrip("*")) for row in rows[:-1]]
+
+
 def dials_merging() -> dict:
-    """DIALS' dials.merge.log overall row (its log prints the bin table, not the summary)."""
+    """DIALS' dials.merge.log overall row (its log prints the bin table, not the summary) and
+    its CC½ by shell."""
     text = (REFERENCE / "combined" / "dials.merge.log").read_text()
     row = re.search(r"^ +([\d.]+) +([\d.]+) +(\d+) +(\d+) +([\d.]+) +([\d.]+) +[-\d.]+ +([-\d.]+) +[-\d.]+ +([-\d.]+)"
                     r" +[-\d.]+ +([-\d.]+)\*? +[-\d.]+\n\n", text, re.M)
     d_max, d_min, n_obs, n_unique, mult, comp, i_over_sigma, r_meas, cc_half = row.groups()
     return {"cc_half": float(cc_half), "completeness": float(comp), "multiplicity": float(mult),
             "i_over_sigma": float(i_over_sigma), "r_meas": float(r_meas), "n_obs": int(n_obs),
-            "n_unique": int(n_unique), "d_min": float(d_min)}
+            "n_unique": int(n_unique), "d_min": float(d_min), "cc_half_by_shell": cc_half_by_shell(text)}
 
 
 # --------------------------------------------------------------------------- ewald, step by step
@@ -231,7 +240,8 @@ def process_run(folder: Path, extra: tuple[str, ...] = ()) -> dict:
         merged = sorted(folder.rglob("merged.mtz"))
         result = {"seconds": seconds, "parameters": list(extra), "merged_mtz": [str(p) for p in merged]}
         if merged:
-            result["merging"] = merging_summary((folder / "process.log").read_text())
+            log_text = (folder / "process.log").read_text()
+            result["merging"] = {**merging_summary(log_text), "cc_half_by_shell": cc_half_by_shell(log_text)}
             result["vs_dials"] = dials_comparison(merged[0])
             result["datasets"] = {
                 path.parent.name: {"cell": list(x.crystal.unit_cell.parameters), "space_group": x.crystal.space_group.hm,

@@ -17,6 +17,7 @@ from algorithms.geometry.prediction import (
     predict_rotation_scan_varying,
 )
 from algorithms.integration import kernels
+from algorithms.integration.background_shape import radial_background_profiles, root_shape_tables
 from algorithms.integration.kabsch import kabsch_frame, lorentz_polarisation
 from algorithms.integration.profiles import (
     learn_reference_profiles,
@@ -127,16 +128,34 @@ def max_frames(bbox: np.ndarray) -> int:
     return int(max(1, (bbox[:, 5] - bbox[:, 4]).max(initial=1)))
 
 
+def image_background_profiles(images: np.ndarray, z_first: int, pixel_valid: np.ndarray, experiment: Experiment,
+                              predicted: dict[str, np.ndarray], ring_u: np.ndarray) -> np.ndarray:
+    """ln of each image's radial background profile about the beam (background_shape.py):
+    (nz, n_rings) for ``images`` (nz, n_slow, n_fast) from array index ``z_first``, over the
+    valid pixels that no predicted reflection claims as foreground (Bragg spots' wings below
+    the clipping level would otherwise raise the rings where spots crowd; whole shoeboxes
+    would leave too few pixels there). Each image's profile depends on that image alone."""
+    claimed = kernels.paint_foreground(images.shape, int(z_first), np.ascontiguousarray(predicted["bbox"], dtype=np.int64),
+                                       predicted["foreground_masks"], predicted["foreground_mask_offsets"])
+    return np.log(radial_background_profiles(images, pixel_valid, ring_u, experiment.detector.trusted_range, claimed))
+
+
 def integrate_image_block(
     images: np.ndarray, z_first: int, pixel_valid: np.ndarray, experiment: Experiment, profile: ProfileModel,
     predicted: dict[str, np.ndarray], rows: np.ndarray, reference_rows: np.ndarray, min_background_pixels: int = 10,
-    background_model: str = "loglinear3d",
+    background_model: str = "loglinear3d", guard_sigmas: float = 4.5, ring_u: np.ndarray | None = None,
+    log_ring_profiles: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Background, summation and Kabsch-grid mapping for the reflections ``rows`` of
     ``predicted`` (whose boxes lie in ``images`` (nz, n_slow, n_fast), the first of which has
     array index ``z_first``); all of ``predicted`` is used to keep others' foreground out of
     each reflection's background. Rows also in ``reference_rows`` (candidates for profile
-    modelling) get their whole grid in ``ref_*`` arrays, in the order of ``ref_rows``."""
+    modelling) get their whole grid in ``ref_*`` arrays, in the order of ``ref_rows``.
+    Given ``ring_u`` (:func:`~algorithms.integration.background_shape.ring_coordinate`) and
+    ``log_ring_profiles`` (:func:`image_background_profiles` of the same frames), the background
+    model is scaled by each image's radial background profile about the beam; without, it is
+    DIALS'. Background voxels lie beyond ``guard_sigmas``·σb of the reflection's centre (unless
+    too few do)."""
     det, scan = experiment.detector, experiment.scan
     n = len(rows)
     delta_b = np.radians(profile.n_sigma * profile.sigma_b_deg)
@@ -149,6 +168,9 @@ def integrate_image_block(
     painted_masks, painted_offsets = ragged_take(masks, mask_offsets, painted)
     claimed = kernels.paint_foreground(images.shape, int(z_first), np.ascontiguousarray(bbox_all[painted]),
                                        painted_masks, painted_offsets)
+    if log_ring_profiles is None:
+        ring_u, log_ring_profiles = np.zeros(images.shape[1:], np.float32), np.zeros((len(images), 1))
+    shape_tables = root_shape_tables(log_ring_profiles)
     mine = {k: v[rows] for k, v in predicted.items() if not k.startswith("foreground_mask")}
     mine_masks, mine_offsets = ragged_take(masks, mask_offsets, rows)
     ref_rows = np.intersect1d(rows, reference_rows)
@@ -186,11 +208,12 @@ def integrate_image_block(
     phi_start, dphi = np.radians(scan.oscillation)
     kernels.integrate_block(
         np.ascontiguousarray(images), int(z_first), pixel_valid, float(det.trusted_range[0]),
-        float(det.trusted_range[1]), claimed,
+        float(det.trusted_range[1]), claimed, ring_u, shape_tables,
         np.ascontiguousarray(mine["bbox"], dtype=np.int64), mine_masks, mine_offsets, mine["e1"], mine["e2"],
         mine["zeta"], mine["xyzcal.mm"][:, 2],
         det.origin, det.fast_axis, det.slow_axis, det.pixel_size[0], det.pixel_size[1],
-        delta_b, float(phi_start), float(dphi), int(scan.image_range[0]),
+        delta_b, guard_sigmas * np.radians(profile.sigma_b_deg), float(phi_start), float(dphi),
+        int(scan.image_range[0]),
         step_b, step_m, np.radians(profile.sigma_b_deg), np.radians(profile.sigma_m_deg), min_background_pixels, N_BACKGROUND_PARAMETERS[BACKGROUND_MODELS[background_model]], 1.345,
         support, slot,
         out["intensity.sum.value"], out["intensity.sum.variance"], out["background.mean"],
@@ -206,7 +229,7 @@ def integrate_image_block(
 def fit_reference_profiles(
     experiment: Experiment, profile: ProfileModel, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
     modelling_rows: np.ndarray, threshold: float = 0.02, scan_step_deg: float = 5.0,
-    min_unshared_fraction: float = 0.5,
+    min_unshared_fraction: float = 0.1,
 ) -> dict[str, np.ndarray]:
     """Learn reference profiles from the whole grids of ``modelling_rows`` (``block["ref_*"]``,
     one row each, in that order) and fit every reflection on its support cells.
@@ -288,6 +311,72 @@ def summation_fraction(profile: ProfileModel, predicted: dict[str, np.ndarray], 
         block["intensity.sum.value"][modelling_rows] / predicted["partiality"][modelling_rows],
         step_b * step_b * step_m)
     return float(min(fraction[0], 1.0)) if available[0] else 1.0
+
+
+def _group_medians(groups: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median of ``values`` per group (NaN for empty groups) and the group sizes."""
+    order = np.lexsort((values, groups))
+    sizes = np.bincount(groups, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ordered = values[order]
+    lo, hi = starts + (sizes - 1) // 2, starts + sizes // 2
+    medians = np.full(n_groups, np.nan)
+    filled = sizes > 0
+    medians[filled] = 0.5 * (ordered[lo[filled]] + ordered[hi[filled]])
+    return medians, sizes
+
+
+def images_with_foreign_signal(scan, predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
+                               rows: np.ndarray, sigma_m_deg: float, window: int = 5,
+                               min_deviation: float = 0.03) -> np.ndarray:
+    """Array indices of the images on which the references ``rows`` (``block["ref_frames"]`` in
+    that order: background-subtracted foreground counts per frame of each box) do not carry the
+    signal their rocking curves put there — a corrupted image (scrambled pixels, spots missing),
+    which must not shape every reflection's profile.
+
+    A reference's expected counts on a frame are its rocking curve's mass there (DIALS' Gaussian
+    of σm in c3 = ζ·(φ − φc)) times its scale, the median over its frames holding ≥ 5 % of the
+    curve of counts ÷ mass (robust to one bad frame). An image's deviation is the median, over
+    the references whose boxes include it (≥ 5), of (counts − expected) ÷ scale: the share of a
+    reflection found on the image beyond what belongs there. On clean simulated data these
+    deviations scatter by ~0.001 from image to image; a scrambled image measures +0.36 to +0.45,
+    one without diffraction −0.05. An image deviating from the median of those within
+    ``window`` of it by more than ``min_deviation`` (or 8 robust standard deviations of all
+    images' deviations, if larger) is returned."""
+    from scipy.special import erf
+
+    if len(rows) == 0:
+        return np.zeros(0, int)
+    bbox = predicted["bbox"][rows]
+    n_frames = np.minimum(bbox[:, 5] - bbox[:, 4], block["ref_frames"].shape[1])
+    spot = np.repeat(np.arange(len(rows)), n_frames)
+    frame = np.concatenate([np.arange(k) for k in n_frames])
+    z = bbox[spot, 4] + frame
+    counts = block["ref_frames"][spot, frame]
+    phi_a = np.radians(scan.angle_from_array_index(z))
+    phi_b = np.radians(scan.angle_from_array_index(z + 1))
+    zeta = predicted["zeta"][rows][spot]
+    phi_c = predicted["xyzcal.mm"][rows, 2][spot]
+    k = 1.0 / (np.sqrt(2.0) * np.radians(sigma_m_deg))
+    mass = 0.5 * np.abs(erf(zeta * (phi_b - phi_c) * k) - erf(zeta * (phi_a - phi_c) * k))
+    held = mass >= 0.05
+    scale, _ = _group_medians(spot[held], counts[held] / mass[held], len(rows))
+    z_lo, z_hi = scan.array_range
+    ok = (scale[spot] > 0) & (z >= z_lo) & (z < z_hi)  # NaN scale (no frame holding 5 %) compares False
+    deviation, n_refs = _group_medians(z[ok] - z_lo, (counts[ok] - scale[spot[ok]] * mass[ok]) / scale[spot[ok]],
+                                       z_hi - z_lo)
+    deviation[n_refs < 5] = np.nan
+    measured = np.isfinite(deviation)
+    if measured.sum() < 3:
+        return np.zeros(0, int)
+    spread = 1.4826 * np.median(np.abs(deviation[measured] - np.median(deviation[measured])))
+    limit = max(min_deviation, 8.0 * spread)
+    flagged = []
+    for i in np.flatnonzero(measured):  # one per image
+        around = deviation[max(0, i - window): i + window + 1]
+        if abs(deviation[i] - np.median(around[np.isfinite(around)])) > limit:
+            flagged.append(z_lo + i)
+    return np.array(flagged, dtype=int)
 
 
 def _core_gaussian_width(density: np.ndarray, step: float, sigma_first: float, pixel_area: float) -> float | None:

@@ -20,6 +20,8 @@ import math
 import numba
 import numpy as np
 
+from algorithms.integration.background_shape import ROOT_TABLE_STEPS
+
 GRID_HALF = 5
 GRID = 2 * GRID_HALF + 1
 GRID_CELLS = GRID * GRID * GRID
@@ -37,7 +39,7 @@ OVERLAPPED_FG = 32
 # background models (DIALS' background.glm.model.algorithm)
 CONSTANT3D = 0
 LOGLINEAR3D = 1
-
+MIN_VOXELS_PER_GRADIENT_PARAMETER = 25
 # the per-voxel loops of the kernel may reorder sums and use reciprocals (float rounding only;
 # no assumptions about NaN or infinity): ~15 % faster integration
 _FAST_MATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -114,28 +116,34 @@ def box_coordinates(n):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST_MATH)
-def robust_loglinear_background(values, use, ux, uy, uz, n_params, tuning_constant, ex, ey, ez, beta, information):
+def robust_loglinear_background(values, use, root_shape, ux, uy, uz, n_params, tuning_constant, ex, ey, ez, beta,
+                                information):
     """Robust Poisson GLM of the background voxels of a box: ``values`` and ``use`` hold the
     box's voxels in (z, y, x) order (the first nx·ny·nz entries; nx, ny, nz = the lengths of
-    ux, uy, uz), ``use`` marks the background ones: ln μ = β0 + β1·u + β2·v + β3·w with
+    ux, uy, uz), ``use`` marks the background ones: μ = S·exp(β0 + β1·u + β2·v + β3·w) with
     (u, v, w) = (ux[x], uy[y], uz[z]) the coordinates centred on the box and scaled to ±1
-    (``n_params`` = 1 gives DIALS' constant3d model, 4 its loglinear3d model).
+    (``n_params`` = 1 gives DIALS' constant3d model, 4 its loglinear3d model) and S a known
+    shape per voxel (``root_shape`` holds √S; all ones for DIALS' models; ``values`` then hold
+    the counts over √S, so that the Pearson residual y/√μ needs no division per voxel).
 
     Fisher scoring of the Cantoni–Ronchetti estimating equations Σ (ψ_c(r_i) − E[ψ_c])·√μ_i·x_i = 0,
     with the expectations evaluated at the box mean (they vary by ≪ 1 % across a shoebox).
-    On return ``ex[x]·ey[y]·ez[z]`` is μ at every voxel of the box, ``beta`` holds β and
+    On return ``ex[x]·ey[y]·ez[z]·S`` is μ at every voxel of the box, ``beta`` holds β and
     ``information`` the Poisson information Σ μ x xᵀ (for the variance of the background).
     Returns the number of iterations, or 0 when the fit fails (then the constant model should
     be used)."""
     nx, ny, nz = ux.shape[0], uy.shape[0], uz.shape[0]
     total = 0.0
     n = 0
+    shape_total = 0.0
     for i in range(nx * ny * nz):
         if use[i]:
-            total += values[i]
+            total += values[i] * root_shape[i]
+            shape_total += root_shape[i] * root_shape[i]
             n += 1
     beta[:] = 0.0
-    beta[0] = math.log(max(total / max(n, 1), 1e-3))
+    mean_shape = shape_total / max(n, 1)
+    beta[0] = math.log(max(total / max(shape_total, 1e-12), 1e-3))
     U = np.zeros(4)
     H = np.zeros((4, 4))
     # √μ and 1/√μ as products of per-axis tables, like μ: no square root or division per voxel
@@ -158,7 +166,7 @@ def robust_loglinear_background(values, use, ux, uy, uz, n_params, tuning_consta
         for zz in range(nz):
             sz[zz] = math.exp(0.5 * (beta[0] + beta[3] * uz[zz]))
             isz[zz] = 1.0 / sz[zz]
-        e_psi, e_psi_r = huber_expectations(base, c)
+        e_psi, e_psi_r = huber_expectations(base * mean_shape, c)
         u0 = u1 = u2 = u3 = 0.0
         h00 = h10 = h11 = h20 = h21 = h22 = h30 = h31 = h32 = h33 = 0.0
         for zz in range(nz):
@@ -171,7 +179,7 @@ def robust_loglinear_background(values, use, ux, uy, uz, n_params, tuning_consta
                 g0 = g1 = m0 = m1 = m11 = 0.0
                 for xx in range(nx):
                     w = 1.0 if use[k + xx] else 0.0
-                    s = s_row * sx[xx]
+                    s = s_row * sx[xx] * root_shape[k + xx]
                     psi = min(max(values[k + xx] * (is_row * isx[xx]) - s, -c), c)
                     g = w * (psi - e_psi) * s
                     mu = w * s * s
@@ -352,10 +360,10 @@ def paint_foreground(shape, z_first, bbox, masks, mask_offsets):
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST_MATH)
 def integrate_block(
-    images, z_first, pixel_valid, trusted_lo, trusted_hi, foreground_count,
+    images, z_first, pixel_valid, trusted_lo, trusted_hi, foreground_count, ring_u, root_shape_tables,
     bbox, masks, mask_offsets, e1, e2, zeta, phi_calc,
     origin, fast, slow, pixel_size_x, pixel_size_y,
-    delta_b_rad, phi_start_rad, dphi_rad, scan_first,
+    delta_b_rad, guard_radius_rad, phi_start_rad, dphi_rad, scan_first,
     grid_step_b, grid_step_m, sigma_b_rad, sigma_m_rad, min_background_pixels, background_params, tuning_constant,
     support_cells, reference_slot,
     isum, vsum, bg_mean, bg_sum, bg_var, n_fg, n_bg, flags, centroid, voxel_volume, unshared_fraction,
@@ -365,7 +373,12 @@ def integrate_block(
     """Integrate the reflections ``bbox`` (n, 6) on ``images`` (nz, ny, nx) whose first frame has
     array index ``z_first``. ``foreground_count`` (from :func:`paint_foreground`) says how many
     reflections claim each voxel: a voxel claimed by another reflection is never background (nor
-    a background cell of the profile grid). Foreground shared with another reflection is flagged
+    a background cell of the profile grid), and neither is a voxel within ``guard_radius_rad`` of
+    the reflection's centre in (c1, c2), which holds its own tail (unless fewer than
+    ``min_background_pixels`` lie beyond). The background model is scaled by each frame's
+    radial background shape S: ``root_shape_tables[z, j]`` is √S of frame z of ``images`` at
+    ring coordinate j/ROOT_TABLE_STEPS (see :func:`root_shape_tables`), interpolated linearly
+    at the pixel's ``ring_u``; one column of ones (and ``ring_u`` 0) gives DIALS' models. Foreground shared with another reflection is flagged
     and left out of the sum, which is scaled up by the model profile's mass in the whole
     foreground over its mass in the unshared part (``unshared_fraction`` is the inverse): DIALS
     sums shared foreground into both reflections, which on electron data — where a reciprocal
@@ -390,8 +403,13 @@ def integrate_block(
     pixel_cells = np.empty((my, mx, SUBPIXELS * SUBPIXELS), dtype=np.int32)
     pixel_weights = np.empty((my, mx, SUBPIXELS * SUBPIXELS))
     pixel_n = np.empty((my, mx), dtype=np.int32)
+    near = np.empty((my, mx), dtype=np.bool_)
+    guard2 = guard_radius_rad * guard_radius_rad
     voxel_value = np.empty(mx * my * mz, dtype=np.float32)
     voxel_class = np.empty(mx * my * mz, dtype=np.uint8)
+    voxel_root_shape = np.empty(mx * my * mz)
+    voxel_over_root = np.empty(mx * my * mz, dtype=np.float32)
+    last_step = root_shape_tables.shape[1] - 1
     bg_use = np.empty(mx * my * mz, dtype=np.bool_)
     ex = np.empty(mx)
     ey = np.empty(my)
@@ -479,8 +497,16 @@ def integrate_block(
                             pixel_weights[yy, xx, m] = SUBPIXEL_WEIGHT
                             m += 1
                 pixel_n[yy, xx] = m
+        # pixels within the guard radius of the reflection's centre hold its own tail (a few per
+        # cent of it beyond a ±3σ foreground): not background, or the background fit absorbs it
+        for yy in range(ny):
+            for xx in range(nx):
+                c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
+                c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
+                near[yy, xx] = c1 * c1 + c2 * c2 < guard2
         # pass 1: read and classify every voxel once
         nb = 0
+        nb_near = 0
         nf = 0
         sum_fg = 0.0
         f = 0
@@ -497,12 +523,19 @@ def integrate_block(
                     valid = row_inside and 0 <= x < nx_img
                     v = 0.0
                     others = 0
+                    root = 1.0
                     if valid:
                         v = images[zi, y, x]
+                        t = ring_u[y, x] * ROOT_TABLE_STEPS
+                        k = min(int(t), last_step)
+                        t -= k
+                        root = (1.0 - t) * root_shape_tables[zi, k] + t * root_shape_tables[zi, min(k + 1, last_step)]
                         if pixel_valid[y, x] and v >= trusted_hi and fg:
                             f |= OVERLOADED
                         valid = pixel_valid[y, x] and trusted_lo < v < trusted_hi
                         others = foreground_count[zi, y, x] - (1 if fg else 0)
+                    voxel_root_shape[v_index] = root
+                    voxel_over_root[v_index] = v / root
                     voxel_value[v_index] = v
                     if fg:
                         if valid:
@@ -522,9 +555,18 @@ def integrate_block(
                         voxel_class[v_index] = _OTHERS
                     else:
                         voxel_class[v_index] = _BACKGROUND
-                        nb += 1
-                    bg_use[v_index] = voxel_class[v_index] == _BACKGROUND
+                        if near[yy, xx]:
+                            nb_near += 1
+                        else:
+                            nb += 1
+                    bg_use[v_index] = voxel_class[v_index] == _BACKGROUND and not near[yy, xx]
                     v_index += 1
+        if nb < min_background_pixels and nb_near > 0:
+            # too little background beyond the guard (a box cut by the detector edge or crowded
+            # by neighbours): DIALS' rule, everything outside the foreground
+            nb += nb_near
+            for q in range(nx * ny * nz):
+                bg_use[q] = voxel_class[q] == _BACKGROUND
         n_fg[i] = nf
         n_bg[i] = nb
         overlapped = (f & OVERLAPPED_FG) != 0
@@ -549,14 +591,15 @@ def integrate_block(
             grid_bad[i, :] = True
             grid_shared[i, :] = False
             continue
-        # too few background voxels to see a gradient: the constant model
-        n_params = background_params if nb >= 10 * background_params else 1
+        # too few background voxels to see a gradient (a crowded box keeps a corner or two, from
+        # which a slope extrapolates wildly): the constant model, still scaled by the shape
+        n_params = background_params if nb >= MIN_VOXELS_PER_GRADIENT_PARAMETER * background_params else 1
         ux, uy, uz = box_coordinates(nx), box_coordinates(ny), box_coordinates(nz)
-        if robust_loglinear_background(voxel_value, bg_use, ux, uy, uz, n_params, tuning_constant,
-                                       ex, ey, ez, beta, information) == 0:
+        if robust_loglinear_background(voxel_over_root, bg_use, voxel_root_shape, ux, uy, uz, n_params,
+                                       tuning_constant, ex, ey, ez, beta, information) == 0:
             n_params = 1
-            robust_loglinear_background(voxel_value, bg_use, ux, uy, uz, 1, tuning_constant, ex, ey, ez, beta,
-                                        information)
+            robust_loglinear_background(voxel_over_root, bg_use, voxel_root_shape, ux, uy, uz, 1, tuning_constant, ex,
+                                        ey, ez, beta, information)
         # c3 slices of every frame: a frame's counts (and background) go to the slices it overlaps
         # in proportion to the Gaussian rocking curve's mass there (DIALS' reciprocal-space
         # transform; far out in the tail by the overlaps alone), while the c-volume a cell
@@ -619,10 +662,11 @@ def integrate_block(
                 for xx in range(nx):
                     c = voxel_class[v_index]
                     v = voxel_value[v_index]
+                    root = voxel_root_shape[v_index]
                     v_index += 1
                     if c == _OTHERS:
                         continue
-                    b = ex[xx] * ey[yy] * ez[zz]
+                    b = ex[xx] * ey[yy] * ez[zz] * root * root
                     if c == _FOREGROUND or c == _SHARED_FG:
                         frame_excess[zz] += v - b
                         sum_b += b
@@ -696,7 +740,8 @@ def integrate_block(
         else:
             unshared_fraction[i] = 1.0 if nf > 0 else 0.0
         bg_sum[i] = sum_b
-        bg_mean[i] = sum_b / nf if nf > 0 else ex[nx // 2] * ey[ny // 2] * ez[nz // 2]
+        centre = ((nz // 2) * ny + ny // 2) * nx + nx // 2
+        bg_mean[i] = sum_b / nf if nf > 0 else ex[nx // 2] * ey[ny // 2] * ez[nz // 2] * voxel_root_shape[centre] ** 2
         bg_var[i] = var_sum_b / (nf * nf) if nf > 0 else 0.0
         if f & FG_BAD:
             f |= FAILED_SUMMATION
