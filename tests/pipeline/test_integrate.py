@@ -8,25 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from integration_truth import simulated_and_indexed, truth_pairs
+
 from algorithms.reflection_table import Flags
 from pipeline.formats.expt import read_experiments
 from pipeline.params import parse_parameters
-from pipeline.steps import find_spots, integrate, simulate
-from truth_indexing import index_with_truth
+from pipeline.steps import integrate
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sim")
-    params, _ = parse_parameters(simulate.Params, ["preset=tiny", "n_crystals=1", "dynamical_error=0", "seed=7"])
-    simulate.run(params, folder / "sim")
-    crystal = folder / "sim" / "1"
-    experiments = read_experiments(crystal / "truth.expt")
-    fs_params, _ = parse_parameters(find_spots.Params, ["d_max=20"])
-    strong = find_spots.run(experiments, None, fs_params).reflections
-    indexed = index_with_truth(experiments[0], strong)
-    truth = dict(np.load(crystal / "truth_observations.npz"))
-    return experiments, indexed, truth
+    return simulated_and_indexed(tmp_path_factory.mktemp("sim") / "sim", 1, "preset=tiny", "n_crystals=1",
+                                 "dynamical_error=0", "seed=7")
 
 
 def _integrate(simulated, *args):
@@ -38,12 +31,6 @@ def _integrate(simulated, *args):
 @pytest.fixture(scope="module")
 def integrated(simulated):
     return _integrate(simulated)
-
-
-def _matched(table, truth):
-    index = {(tuple(h), bool(e)): i for i, (h, e) in enumerate(zip(truth["miller_index"], truth["entering"]))}
-    pairs = [(i, index[k]) for i, k in enumerate(zip(map(tuple, table["miller_index"]), table["entering"])) if k in index]
-    return np.array(pairs).T
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +68,7 @@ def test_most_predicted_reflections_are_integrated(integrated):
 def test_corrected_intensities_correlate_with_the_truth(integrated, simulated):
     t = integrated.reflections
     truth = simulated[2]
-    i_t, j_t = _matched(t, truth)
+    i_t, j_t = truth_pairs(t, truth)
     # recorded counts of the whole reflection = true I · scale · decay · partiality / lp
     expected_full = truth["counts"][j_t] / truth["partiality"][j_t]
     for value, variance, flag in (("intensity.sum.value", "intensity.sum.variance", Flags.integrated_sum),
@@ -97,7 +84,7 @@ def test_corrected_intensities_correlate_with_the_truth(integrated, simulated):
 
 def test_profile_fitting_beats_summation_on_weak_reflections(integrated, simulated):
     t = integrated.reflections
-    i_t, j_t = _matched(t, simulated[2])
+    i_t, j_t = truth_pairs(t, simulated[2])
     both = (t.get_flags(Flags.integrated_sum) & t.get_flags(Flags.integrated_prf))[i_t]
     weak = both & (simulated[2]["counts"][j_t] < np.percentile(simulated[2]["counts"][j_t], 50))
     i_over_s = lambda v, s: np.mean(t[v][i_t][weak] / np.sqrt(t[s][i_t][weak]))  # noqa: E731
@@ -107,7 +94,7 @@ def test_profile_fitting_beats_summation_on_weak_reflections(integrated, simulat
 def _z_scores(result, truth, value, variance, flag, divide):
     """(I − I_true)/σ of fully recorded reflections, and their true I/σ."""
     t = result.reflections
-    i_t, j_t = _matched(t, truth)
+    i_t, j_t = truth_pairs(t, truth)
     ok = (truth["partiality"][j_t] > 0.99) & t.get_flags(flag)[i_t]
     expected = truth["counts"][j_t] / truth["partiality"][j_t]
     scale = t["partiality"][i_t] if divide else 1.0

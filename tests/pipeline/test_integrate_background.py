@@ -7,30 +7,23 @@ where the background halves across a shoebox. The myd88 crystal of seed 3 has ma
 import numpy as np
 import pytest
 
+from integration_truth import simulated_and_indexed, truth_pairs
+
 from algorithms.reflection_table import Flags
-from pipeline.formats.expt import read_experiments
 from pipeline.params import parse_parameters
-from pipeline.steps import find_spots, integrate, simulate
-from truth_indexing import index_with_truth
+from pipeline.steps import integrate
 
 
 @pytest.fixture(scope="module")
 def near_beam(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("near_beam") / "sim"
-    params, _ = parse_parameters(simulate.Params, ["preset=myd88", "n_crystals=1", "seed=3", "dynamical_error=0",
-                                                   "n_bad_crystals=0", "n_corrupted_images=0"])
-    simulate.run(params, folder)
-    experiments = read_experiments(folder / "1" / "truth.expt")
-    fs_params, _ = parse_parameters(find_spots.Params, ["d_max=20"])
-    indexed = index_with_truth(experiments[0], find_spots.run(experiments, None, fs_params).reflections)
-    truth = dict(np.load(folder / "1" / "truth_observations.npz"))
+    experiments, indexed, truth = simulated_and_indexed(
+        tmp_path_factory.mktemp("near_beam") / "sim", 1, "preset=myd88", "n_crystals=1", "seed=3", "dynamical_error=0",
+        "n_bad_crystals=0", "n_corrupted_images=0")
     beam_centre = np.array(experiments[0].detector.beam_centre_px(experiments[0].beam.s0))
 
     def z_scores(*args):
         t = integrate.run(experiments, indexed, parse_parameters(integrate.Params, list(args))[0]).reflections
-        index = {(tuple(h), bool(e)): i for i, (h, e) in enumerate(zip(truth["miller_index"], truth["entering"]))}
-        i_t, j_t = np.array([(i, index[k]) for i, k in enumerate(zip(map(tuple, t["miller_index"]), t["entering"]))
-                             if k in index]).T
+        i_t, j_t = truth_pairs(t, truth)
         ok = t.get_flags(Flags.integrated_sum)[i_t] & (truth["partiality"][j_t] > 0.99)
         expected = truth["counts"][j_t] / truth["partiality"][j_t]
         sigma = np.sqrt(np.abs(t["intensity.sum.variance"][i_t])) / t["partiality"][i_t]

@@ -9,29 +9,20 @@ strong reflections.
 import numpy as np
 import pytest
 
+from integration_truth import simulated_and_indexed, truth_pairs
+
 from algorithms.reflection_table import Flags
-from pipeline.formats.expt import read_experiments
 from pipeline.params import parse_parameters
-from pipeline.steps import find_spots, integrate, simulate
-from truth_indexing import index_with_truth
+from pipeline.steps import integrate
 
 
 @pytest.fixture(scope="module")
 def overlapping(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("overlaps") / "sim"
-    params, _ = parse_parameters(simulate.Params, ["preset=myd88", "n_crystals=2", "seed=0", "dynamical_error=0",
-                                                   "n_corrupted_images=0", "n_bad_crystals=0"])
-    simulate.run(params, folder)
-    experiments = read_experiments(folder / "2" / "truth.expt")
-    fs_params, _ = parse_parameters(find_spots.Params, ["d_max=20"])
-    indexed = index_with_truth(experiments[0], find_spots.run(experiments, None, fs_params).reflections)
-    result = integrate.run(experiments, indexed, parse_parameters(integrate.Params, [])[0])
-    truth = dict(np.load(folder / "2" / "truth_observations.npz"))
-    t = result.reflections
-    index = {(tuple(h), bool(e)): i for i, (h, e) in enumerate(zip(truth["miller_index"], truth["entering"]))}
-    pairs = np.array([(i, index[k]) for i, k in enumerate(zip(map(tuple, t["miller_index"]), t["entering"]))
-                      if k in index]).T
-    return t, truth, pairs
+    experiments, indexed, truth = simulated_and_indexed(
+        tmp_path_factory.mktemp("overlaps") / "sim", 2, "preset=myd88", "n_crystals=2", "seed=0", "dynamical_error=0",
+        "n_corrupted_images=0", "n_bad_crystals=0")
+    t = integrate.run(experiments, indexed, parse_parameters(integrate.Params, [])[0]).reflections
+    return t, truth, truth_pairs(t, truth)
 
 
 def _strong_full(t, truth, pairs, flag):
