@@ -4,6 +4,9 @@ joined across image chunks, centroids, filters and the per-image histogram.
 Data flow (each stage a pure function; the pipeline maps the first over Dask image chunks):
 :func:`strong_pixels_in_chunk` (threshold + label one chunk) → :func:`join_chunks` (merge spots
 across chunk boundaries) → :func:`spots_from_strong_pixels` (sizes, centroids, filters, table).
+Optionally (beyond DIALS) the weak-spot filter's pixels are found the same way, with a halo of
+images around each chunk, and :func:`with_weak_spots` adds its spots that the per-pixel test
+does not see.
 """
 from algorithms.spotfinding.histogram import spot_counts_per_image_histogram
 from algorithms.spotfinding.labelling import StrongPixels, join_chunks, strong_pixels_in_chunk
@@ -14,8 +17,10 @@ from algorithms.spotfinding.spots import (
     find_spots,
     spots_from_strong_pixels,
     static_mask,
+    with_weak_spots,
 )
 from algorithms.spotfinding.threshold import DispersionParameters, dispersion_threshold_mask
+from algorithms.spotfinding.weak_spots import WeakSpotParameters
 
 __all__ = [
     "DispersionParameters",
@@ -30,4 +35,6 @@ __all__ = [
     "spots_from_strong_pixels",
     "static_mask",
     "strong_pixels_in_chunk",
+    "WeakSpotParameters",
+    "with_weak_spots",
 ]

@@ -25,6 +25,7 @@ import numba
 import numpy as np
 
 from algorithms.spotfinding.threshold import DispersionParameters, ThresholdWork, corrected_value, row_of, threshold_image_into
+from algorithms.spotfinding.weak_spots import WeakSpotParameters, gaussian_taps, weak_spot_pixels_into
 
 
 @dataclass
@@ -95,16 +96,17 @@ def _label_roots(parent, n):
     return label, n_components
 
 
-# numba's on-disk cache of this kernel is not invalidated when threshold.py changes: after
-# editing threshold.py, delete algorithms/spotfinding/__pycache__/*.nb[ic] before testing.
+# numba's on-disk cache of this kernel is not invalidated when threshold.py or weak_spots.py change: after
+# editing them, delete algorithms/spotfinding/__pycache__/*.nb[ic] before testing.
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels_in_chunk(
-    raw_chunk, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
+    raw_chunk, halo_before, n_images, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
     kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended, max_strong,
+    weak, taps_xy, taps_z, weak_background_half_width, weak_sigma_strong, weak_work,
     strong, previous_strong, strong_list, index, previous_index,
     valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags, dispersed_list, core_list,
 ):
-    n_images, n_slow, n_fast = raw_chunk.shape
+    n_slow, n_fast = static_mask.shape
     # the buffers hold the previous chunk's values: threshold_image_into clears strong for each
     # image, previous_strong is read from the second image on, index where strong only
     capacity = 4096
@@ -116,13 +118,19 @@ def _strong_pixels_in_chunk(
     strong_per_image = np.zeros(n_images, np.int64)
     rejected = np.zeros(n_images, np.bool_)
     n = 0
-    for z in range(n_images):
-        n_strong = threshold_image_into(
-            raw_chunk[z], static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
-            kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
-            strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags,
-            dispersed_list, core_list,
-        )
+    for z in range(n_images):  # the chunk's own images; halo images only feed the weak-spot filter
+        if weak:
+            n_strong = weak_spot_pixels_into(
+                raw_chunk, z + halo_before, taps_xy, taps_z, static_mask, trusted_low, trusted_high, pedestal,
+                panel_gain, gain_map, weak_background_half_width, weak_sigma_strong, strong, strong_list, weak_work,
+            )
+        else:
+            n_strong = threshold_image_into(
+                raw_chunk[z + halo_before], static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
+                kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
+                strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit,
+                flags, dispersed_list, core_list,
+            )
         strong_per_image[z] = n_strong
         if n_strong > max_strong:
             # DIALS stops here; one corrupted image should not lose the whole sweep
@@ -143,7 +151,7 @@ def _strong_pixels_in_chunk(
             zs[n] = z
             ys[n] = y
             xs[n] = x
-            values[n] = corrected_value(raw_chunk[z], y, x, pedestal, panel_gain)
+            values[n] = corrected_value(raw_chunk[z + halo_before], y, x, pedestal, panel_gain)
             parent[n] = n
             index[y, x] = n
             if x > 0 and strong[y, x - 1]:
@@ -172,6 +180,15 @@ class _ChunkWork:
         self.index = np.empty(self.shape, np.int32)
         self.previous_index = np.empty(self.shape, np.int32)
         self._gain_map = None
+        self._weak_work = None
+
+    def weak_work(self, needed: bool) -> np.ndarray:
+        """The weak-spot filter's (9, slow, fast) scratch (a 1-pixel dummy when not used)."""
+        if not needed:
+            return np.zeros((9, 1, 1))
+        if self._weak_work is None:
+            self._weak_work = np.zeros((9, *self.shape))
+        return self._weak_work
 
     def labelling_buffers(self) -> tuple:
         return self.strong, self.previous_strong, self.strong_list, self.index, self.previous_index
@@ -206,29 +223,42 @@ def strong_pixels_in_chunk(
     panel_gain: float = 1.0,
     gain_map: np.ndarray | None = None,
     max_strong_pixel_fraction: float = 1.0,
+    weak_spots: WeakSpotParameters | None = None,
+    halo_before: int = 0,
+    halo_after: int = 0,
 ) -> StrongPixels:
     """Threshold a chunk of raw images (n_images, slow, fast) and label its strong pixels in 3D.
 
-    ``first_z`` is the 0-based array index of the chunk's first image; ``static_mask`` (slow,
-    fast) is True for pixels to use (detector, user and resolution masks). An image with more
-    than ⌈max_strong_pixel_fraction × pixels⌉ strong pixels is marked rejected and contributes
-    none. Runs without the GIL.
+    ``first_z`` is the 0-based array index of the chunk's first own image; ``static_mask`` (slow,
+    fast) is True for pixels to use (detector, user and resolution masks). With ``weak_spots``
+    the pixels are those of the weak-spot filter (weak_spots.py) instead of ``parameters``'
+    test; the first ``halo_before`` and last ``halo_after`` images then belong to neighbouring
+    chunks and only feed the filter (``weak_spots.halo_images`` of them, fewer at the scan's
+    ends). An image with more than ⌈max_strong_pixel_fraction × pixels⌉ strong pixels is marked
+    rejected and contributes none. Runs without the GIL.
     """
     raw_chunk = np.ascontiguousarray(raw_chunk)
     if raw_chunk.ndim != 3:
         raise ValueError(f"a chunk must be (n_images, slow, fast), got shape {raw_chunk.shape}")
-    _, n_slow, n_fast = raw_chunk.shape
+    n_all, n_slow, n_fast = raw_chunk.shape
+    n_images = n_all - halo_before - halo_after
+    if n_images < 1 or halo_before < 0 or halo_after < 0:
+        raise ValueError(f"a chunk of {n_all} images cannot have halos of {halo_before} and {halo_after}")
+    weak = weak_spots is not None
+    taps_xy = gaussian_taps(weak_spots.sigma_px) if weak else np.ones(1)
+    taps_z = gaussian_taps(weak_spots.sigma_images) if weak else np.ones(1)
     work = _chunk_work(n_slow, n_fast)
     if gain_map is None:
         gain_map = work.uniform_gain_map(parameters.gain_value)
     ky, kx = parameters.kernel_size
     max_strong = int(np.ceil(max_strong_pixel_fraction * n_slow * n_fast))
     z, y, x, value, label, n_components, per_image, rejected = _strong_pixels_in_chunk(
-        raw_chunk, np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]), float(trusted_range[1]),
-        float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
+        raw_chunk, int(halo_before), int(n_images), np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]),
+        float(trusted_range[1]), float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
-        float(parameters.global_threshold), parameters.extended, max_strong, *work.labelling_buffers(),
-        *work.threshold.buffers(),
+        float(parameters.global_threshold), parameters.extended, max_strong, weak, taps_xy, taps_z,
+        int(weak_spots.background_half_width) if weak else 0, float(weak_spots.sigma_strong) if weak else 0.0,
+        work.weak_work(weak), *work.labelling_buffers(), *work.threshold.buffers(),
     )
     return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image, rejected)
 

@@ -18,6 +18,7 @@ from algorithms.shoebox import MaskCode, Shoeboxes
 from algorithms.spotfinding.centroids import peak_centroid_distance, spot_properties, strong_shoeboxes
 from algorithms.spotfinding.labelling import StrongPixels, join_chunks, strong_pixels_in_chunk
 from algorithms.spotfinding.threshold import DispersionParameters
+from algorithms.spotfinding.weak_spots import WeakSpotParameters
 
 
 def default_min_spot_size(detector_type: str) -> int:
@@ -110,6 +111,52 @@ def static_mask(
     return mask
 
 
+def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fast: int, reach_images: int = 1) -> StrongPixels:
+    """``strong`` (a per-pixel test's pixels) and the components of ``weak`` (the weak-spot
+    filter's) that come no nearer to a strong pixel than 1 pixel in x and y and ``reach_images``
+    in z (the z filter's reach, through which a bright spot's counts raise the images before
+    and after it), nor to a corrupted image: bright spots keep the per-pixel test's compact
+    footprints; the filter adds only spots that test does not see. Pixels in raster order, components numbered by their
+    first pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels."""
+    plane = np.int64(n_slow) * n_fast
+
+    def linear(p):
+        return (p.z.astype(np.int64) * n_slow + p.y) * n_fast + p.x
+
+    taken = np.sort(linear(strong))
+    lw = linear(weak)
+    touching = np.zeros(len(weak), bool)
+    for dz in range(-reach_images, reach_images + 1):
+        for dy, y_ok in ((-1, weak.y > 0), (0, True), (1, weak.y < n_slow - 1)):
+            for dx, x_ok in ((-1, weak.x > 0), (0, True), (1, weak.x < n_fast - 1)):
+                touching |= y_ok & x_ok & np.isin(lw + dz * plane + dy * n_fast + dx, taken)
+    # a corrupted image (the per-pixel test rejected it, or the filter finds several times the
+    # sweep's typical number of pixels on it) spoils the filter on every image within reach
+    suspect = strong.rejected_images | (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1))
+    suspect = np.convolve(suspect, np.ones(2 * reach_images + 1), mode="same") > 0
+    touching |= suspect[weak.z - weak.first_z]
+    rejected_components = np.zeros(weak.n_components, bool)
+    rejected_components[weak.label[touching]] = True
+    keep = ~rejected_components[weak.label]
+    _, weak_label = np.unique(weak.label[keep], return_inverse=True)
+    z = np.concatenate([strong.z, weak.z[keep]])
+    y = np.concatenate([strong.y, weak.y[keep]])
+    x = np.concatenate([strong.x, weak.x[keep]])
+    value = np.concatenate([strong.value, weak.value[keep]])
+    label = np.concatenate([strong.label, strong.n_components + weak_label.astype(np.int32)])
+    order = np.argsort(np.concatenate([linear(strong), lw[keep]]), kind="stable")
+    z, y, x, value, label = z[order], y[order], x[order], value[order], label[order]
+    # renumber the components in the order of their first pixel
+    n_components = strong.n_components + int(weak_label.max(initial=-1)) + 1
+    first = np.full(n_components, len(label), np.int64)
+    np.minimum.at(first, label, np.arange(len(label)))
+    rank = np.empty(n_components, np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(n_components, dtype=np.int32)
+    per_image = strong.strong_per_image + np.bincount(weak.z[keep] - weak.first_z, minlength=weak.n_images)
+    return StrongPixels(strong.first_z, z, y, x, value, rank[label], n_components, per_image,
+                        strong.rejected_images | weak.rejected_images)
+
+
 def spots_from_strong_pixels(
     pixels: StrongPixels,
     spot_filter: SpotFilter = SpotFilter(),
@@ -166,16 +213,30 @@ def find_spots(
     chunk_images: int | None = None,
     trusted_range: tuple[float, float] = (-1.0, 65535.0),
     max_strong_pixel_fraction: float = 1.0,
+    weak_spots: WeakSpotParameters | None = None,
     **table_options,
 ) -> FoundSpots:
     """Spot finding on an in-memory stack (n_images, slow, fast) in chunks of ``chunk_images``
     (None = one chunk), sequentially; the pipeline maps :func:`strong_pixels_in_chunk` over Dask
-    chunks instead and calls :func:`join_chunks` and :func:`spots_from_strong_pixels` the same way.
+    chunks instead and calls :func:`join_chunks`, :func:`with_weak_spots` and
+    :func:`spots_from_strong_pixels` the same way. ``weak_spots`` adds the weak-spot filter's
+    spots (weak_spots.py) to those of ``parameters``' test.
     """
     step = chunk_images or len(images)
-    chunks = [
-        strong_pixels_in_chunk(images[start : start + step], first_z + start, mask, parameters, trusted_range,
-                               max_strong_pixel_fraction=max_strong_pixel_fraction)
-        for start in range(0, len(images), step)
-    ]
-    return spots_from_strong_pixels(join_chunks(chunks, images.shape[2]), spot_filter, **table_options)
+    n = len(images)
+
+    def pixels(weak):
+        halo = weak.halo_images if weak is not None else 0
+        chunks = []
+        for start in range(0, n, step):
+            lo, hi = max(0, start - halo), min(n, start + step + halo)
+            chunks.append(strong_pixels_in_chunk(
+                images[lo:hi], first_z + start, mask, parameters, trusted_range,
+                max_strong_pixel_fraction=max_strong_pixel_fraction, weak_spots=weak, halo_before=start - lo,
+                halo_after=hi - min(n, start + step)))
+        return join_chunks(chunks, images.shape[2])
+
+    found = pixels(None)
+    if weak_spots is not None:
+        found = with_weak_spots(found, pixels(weak_spots), images.shape[1], images.shape[2], weak_spots.halo_images)
+    return spots_from_strong_pixels(found, spot_filter, **table_options)

@@ -11,6 +11,7 @@ Parameters, defaults and log lines are DIALS' (algorithms.md §3).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,8 @@ from algorithms.spotfinding import (
     spots_from_strong_pixels,
     static_mask,
     strong_pixels_in_chunk,
+    WeakSpotParameters,
+    with_weak_spots,
 )
 from pipeline.errors import InputFileError, ParameterError
 from pipeline.images import open_image_stack
@@ -54,11 +57,27 @@ class Dispersion:
 
 
 @dataclass
+class WeakSpots:
+    enable: bool = param(
+        False, "Add the spots of a 3D matched filter (a Gaussian in x, y and image number) that the per-pixel "
+        "test does not see: reflections spread over many images and pixels, each too faint on its own. Bright "
+        "spots keep the per-pixel test's footprints. On simulated myd88 sweeps (d_max=20): reflections of "
+        "summed I/σ ≥ 5 found 69 % (25 % without), of best-image I/σ ≥ 5 74 % (32 %), 1.5 % of the spots "
+        "spurious (2.5 %); bright reflections as before. Costs ~17× the CPU of the per-pixel test alone "
+        "(27 against 463 images per CPU-second, 516×516 images).")
+    sigma_px: float = param(2.0, "σ of the filter in x and y (pixels): about the spots' own.")
+    sigma_images: float = param(1.0, "σ of the filter across images: about the rocking curve's width in images.")
+    background_half_width: int = param(10, "Half-width (pixels) of the window the background is averaged over.")
+    sigma_strong: float = param(5.0, "Threshold: standard deviations of the filtered counts above the background.")
+
+
+@dataclass
 class Threshold:
     algorithm: Literal["dispersion", "dispersion_extended"] = param(
         "dispersion_extended", "The strong-pixel threshold: DIALS' classic index-of-dispersion test or its "
                                "extended form (dispersion regions eroded, background from the rest).")
     dispersion: Dispersion = scope(Dispersion, "Parameters of both dispersion algorithms.")
+    weak_spots: WeakSpots = scope(WeakSpots, "Weak spots spread over images (beyond DIALS; off by default).")
 
 
 @dataclass
@@ -129,6 +148,18 @@ def dispersion_parameters(params: Params) -> DispersionParameters:
         raise ParameterError(f"spotfinder.threshold: {error}") from None
 
 
+def weak_spot_parameters(params: Params) -> WeakSpotParameters | None:
+    """The weak-spot filter's parameters, or None when it is off."""
+    w = params.spotfinder.threshold.weak_spots
+    if not w.enable:
+        return None
+    try:
+        return WeakSpotParameters(sigma_px=w.sigma_px, sigma_images=w.sigma_images,
+                                  background_half_width=w.background_half_width, sigma_strong=w.sigma_strong)
+    except ValueError as error:
+        raise ParameterError(f"spotfinder.threshold.weak_spots: {error}") from None
+
+
 def _user_mask(path: str | None, detector) -> np.ndarray | None:
     if path is None:
         return None
@@ -164,10 +195,24 @@ def spot_filter(experiment: Experiment, params: Params) -> SpotFilter:
 # --------------------------------------------------------------------------------- the graph
 
 
-def _spots_of_sweep(chunks, n_fast: int, spot_limits: SpotFilter, experiment_id: int, identifier: str,
-                    shoeboxes: bool) -> FoundSpots:
-    return spots_from_strong_pixels(join_chunks(list(chunks), n_fast), spot_limits, panel=0,
-                                    experiment_id=experiment_id, identifier=identifier or None, shoeboxes=shoeboxes)
+def _spots_of_sweep(chunks, weak_chunks, image_size: tuple[int, int], spot_limits: SpotFilter, experiment_id: int,
+                    identifier: str, shoeboxes: bool, reach_images: int = 0) -> FoundSpots:
+    n_fast, n_slow = image_size
+    pixels = join_chunks(list(chunks), n_fast)
+    if weak_chunks:
+        pixels = with_weak_spots(pixels, join_chunks(list(weak_chunks), n_fast), n_slow, n_fast, reach_images)
+    return spots_from_strong_pixels(pixels, spot_limits, panel=0, experiment_id=experiment_id,
+                                    identifier=identifier or None, shoeboxes=shoeboxes)
+
+
+def weak_pixels_in_chunk(blocks: Sequence[np.ndarray], own: int, halo: int, first_z: int, *args, **kwargs):
+    """:func:`strong_pixels_in_chunk` with the weak-spot filter for ``blocks[own]``, given the
+    blocks around it (the last ``halo`` images of the one before and the first of the one after
+    feed the filter)."""
+    before = blocks[own - 1][-halo:] if own > 0 and halo else blocks[own][:0]
+    after = blocks[own + 1][:halo] if own + 1 < len(blocks) and halo else blocks[own][:0]
+    stack = np.concatenate([before, blocks[own], after])
+    return strong_pixels_in_chunk(stack, first_z, *args, halo_before=len(before), halo_after=len(after), **kwargs)
 
 
 def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int = 0, name: str | None = None):
@@ -191,15 +236,24 @@ def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int 
     def key(suffix: str = "") -> dict:
         return {} if name is None else {"dask_key_name": f"find_spots-{name}{suffix}"}
 
+    blocks = list(stack.data.to_delayed().ravel())
+    max_fraction = params.spotfinder.filter.max_strong_pixel_fraction
     chunks = [
         find_in_chunk(block, first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal,
-                      detector.gain, max_strong_pixel_fraction=params.spotfinder.filter.max_strong_pixel_fraction,
-                      **key(f"-{k}"))
-        for k, (block, start) in enumerate(zip(stack.data.to_delayed().ravel(), starts))
+                      detector.gain, max_strong_pixel_fraction=max_fraction, **key(f"-{k}"))
+        for k, (block, start) in enumerate(zip(blocks, starts))
+    ]
+    weak = weak_spot_parameters(params)
+    weak_chunks = [] if weak is None else [
+        dask.delayed(weak_pixels_in_chunk, pure=True)(
+            blocks[max(0, k - 1): k + 2], min(k, 1), weak.halo_images, first_z + int(start), mask, threshold,
+            detector.trusted_range, detector.pedestal, detector.gain, max_strong_pixel_fraction=max_fraction,
+            weak_spots=weak, **key(f"-weak-{k}"))
+        for k, start in enumerate(starts)
     ]
     return dask.delayed(_spots_of_sweep, pure=True)(
-        chunks, detector.image_size[0], spot_filter(experiment, params), experiment_id, experiment.identifier,
-        params.output.shoeboxes, **key())
+        chunks, weak_chunks, tuple(detector.image_size), spot_filter(experiment, params), experiment_id,
+        experiment.identifier, params.output.shoeboxes, 0 if weak is None else weak.halo_images, **key())
 
 
 def run(experiments: list[Experiment], reflections: ReflectionTable | None, params: Params) -> StepResult:

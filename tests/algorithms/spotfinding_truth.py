@@ -102,12 +102,13 @@ def peak_image_isig(observations, background: np.ndarray, images_without_spots: 
     return np.maximum.reduceat(isig, observations.partial_offsets[:-1])
 
 
-def compare_crystal(spec, plan, structures, d_max: float = 20.0, chunk_images: int = 8) -> CrystalComparison:
+def compare_crystal(spec, plan, structures, d_max: float = 20.0, chunk_images: int = 8,
+                    weak_spots=None) -> CrystalComparison:
     simulated = simulate_crystal(spec, plan, structures)
     observations = simulated.observations
     mask = static_mask(plan.detector, plan.beam.s0, d_max=d_max)
     found_spots = find_spots(simulated.images.astype(np.float32), plan.scan.array_range[0], mask,
-                             chunk_images=chunk_images, max_strong_pixel_fraction=0.25)
+                             chunk_images=chunk_images, max_strong_pixel_fraction=0.25, weak_spots=weak_spots)
     spots = found_spots.reflections["xyzobs.px.value"]
     bbox = found_spots.reflections["bbox"]
     truth = recorded_centroids(observations)

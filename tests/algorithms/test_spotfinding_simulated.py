@@ -80,11 +80,11 @@ def check(summary):
     assert summary["spurious"] <= 0.05
 
 
-def run_preset(name):
+def run_preset(name, weak_spots=None):
     spec = PRESETS[name]
     plans = plan_crystals(spec)
     structures = make_structures(spec, plans)
-    return [compare_crystal(spec, plan, structures) for plan in plans]
+    return [compare_crystal(spec, plan, structures, weak_spots=weak_spots) for plan in plans]
 
 
 def test_tiny_preset_against_truth():

@@ -131,3 +131,22 @@ def test_log_names_rejected_images():
     assert "Found 70000 strong pixels on image 6\nFound 12 strong pixels on image 7\n" in log
     assert "Warning: image 6 has more strong pixels than max_strong_pixel_fraction=0.25" in log
     assert log.rstrip().endswith("Histogram of per-image spot count for imageset 0:\n2 spots found on 1 image")
+
+
+def test_weak_spots_through_dask_do_not_depend_on_the_chunking(tmp_path):
+    """The weak-spot filter in the Dask graph (each chunk task reads the images around its own):
+    the same table for chunks of 3 and 24 images, and the spots of DIALS' test plus faint ones."""
+    from pipeline.formats.expt import read_experiments
+    from pipeline.steps import simulate
+
+    sim_params, _ = parse_parameters(simulate.Params, ["preset=tiny", "n_crystals=1", "seed=4"])
+    simulate.run(sim_params, tmp_path / "sim")
+    experiments = read_experiments(tmp_path / "sim" / "1" / "truth.expt")
+    tables = [find_spots.run(experiments, None, params_from(["d_max=20", f"mp.chunksize={c}", *weak])).reflections
+              for c, weak in ((3, ["weak_spots.enable=True"]), (24, ["weak_spots.enable=True"]), (24, []))]
+    for column in ("bbox", "n_signal", "xyzobs.px.value", "intensity.sum.value"):
+        np.testing.assert_array_equal(tables[1][column], tables[0][column], err_msg=column)
+    assert len(tables[1]) > 2 * len(tables[2])
+    # every spot of DIALS' test is among them, unchanged
+    common = {tuple(b) for b in tables[1]["bbox"]} & {tuple(b) for b in tables[2]["bbox"]}
+    assert len(common) == len(tables[2])
