@@ -26,9 +26,9 @@ Usage: ``python benchmarks/bench_spotfinding.py [--data FOLDER] [--workers 2] [-
 Writes ``benchmarks/results/bench_spotfinding.json``. Measured 2026-11-28 (2 shared cores): end to
 end 756 images/s wall, 442 images per CPU-second, peak RSS 367 MB; kernels 1.47 ms (numba) against
 17.8 ms (scipy.ndimage) per image, 12.1×; accuracy as in test_spotfinding_simulated.py.
-2026-11-29 (load 0.8–1.1): end to end 772 images/s; with the weak-spot filter 52 images/s, 48 494
-spots instead of 14 583; recall at summed I/σ ≥ 5 / 10 / 20: 69 / 76 / 85 % (DIALS' test alone 25 /
-42 / 80 %), at best-image I/σ ≥ 5 74 % (32 %), spurious 1.5 % (2.5 %).
+2026-11-29 (load 0.8–1.0): end to end 419–772 images/s; with the weak-spot filter 43 images/s, 59 660
+spots instead of 14 583; recall at summed I/σ ≥ 5 / 10 / 20: 86.5 / 86.4 / 88.8 % (DIALS' test
+alone 25 / 42 / 80 %), at best-image I/σ ≥ 5 88.2 % (32 %), spurious 1.9 % (2.5 %).
 """
 from __future__ import annotations
 

@@ -47,6 +47,8 @@ class StrongPixels:
     n_components: int
     strong_per_image: np.ndarray
     rejected_images: np.ndarray
+    # per component: found by the weak-spot filter (spots.with_weak_spots), None = none are
+    weak_components: np.ndarray | None = None
 
     @property
     def n_images(self) -> int:

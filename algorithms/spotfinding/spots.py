@@ -117,7 +117,9 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     in z (the z filter's reach, through which a bright spot's counts raise the images before
     and after it), nor to a corrupted image: bright spots keep the per-pixel test's compact
     footprints; the filter adds only spots that test does not see. Pixels in raster order, components numbered by their
-    first pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels."""
+    first pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels;
+    ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
+    since a weak spot's brightest pixel is mostly noise)."""
     plane = np.int64(n_slow) * n_fast
 
     def linear(p):
@@ -153,8 +155,10 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     rank = np.empty(n_components, np.int32)
     rank[np.argsort(first, kind="stable")] = np.arange(n_components, dtype=np.int32)
     per_image = strong.strong_per_image + np.bincount(weak.z[keep] - weak.first_z, minlength=weak.n_images)
+    weak_components = np.zeros(n_components, bool)
+    weak_components[rank[strong.n_components:]] = True
     return StrongPixels(strong.first_z, z, y, x, value, rank[label], n_components, per_image,
-                        strong.rejected_images | weak.rejected_images)
+                        strong.rejected_images | weak.rejected_images, weak_components)
 
 
 def spots_from_strong_pixels(
@@ -171,6 +175,9 @@ def spots_from_strong_pixels(
     too_large = spots.n_pixels > spot_filter.max_spot_size
     sized = np.flatnonzero(~too_small & ~too_large)
     separated = peak_centroid_distance(spots.select(sized)) <= spot_filter.max_separation
+    if pixels.weak_components is not None:
+        # a weak spot's brightest pixel is mostly noise: the peak-centroid test is not for it
+        separated |= pixels.weak_components[sized]
     labels = sized[separated]
     kept = spots.select(labels)
     n = len(kept)

@@ -17,14 +17,15 @@ def tiny():
 
 def test_weak_spots_find_faint_reflections_and_keep_the_bright_ones(tiny):
     """Measured on the tiny preset (2 × 24 images, d_max = 20 Å): reflections of summed I/σ ≥ 5
-    found 68.6 % (27.9 % by DIALS' test alone), of best-image I/σ ≥ 5 74.3 % (35.5 %); spurious
-    2.3 % (2.8 %); bright reflections and their centroids unchanged (the per-pixel test's
-    footprints are kept)."""
+    found 85.2 % (27.9 % by DIALS' test alone), of best-image I/σ ≥ 5 88.4 % (35.5 %); spurious
+    2.4 % (2.8 %); bright reflections and their centroids unchanged (the per-pixel test's
+    footprints are kept). Without exempting the filter's spots from the peak-centroid
+    separation filter (their brightest pixel is mostly noise): 68.6 % and 74.3 %."""
     spec, plans, structures = tiny
     dials = summarise([compare_crystal(spec, p, structures) for p in plans])
     weak = summarise([compare_crystal(spec, p, structures, weak_spots=WeakSpotParameters()) for p in plans])
-    assert weak["recall_summed_isig"][5] >= 0.6 and dials["recall_summed_isig"][5] < 0.35
-    assert weak["recall_peak_image_isig"][5] >= 0.65
+    assert weak["recall_summed_isig"][5] >= 0.8 and dials["recall_summed_isig"][5] < 0.35
+    assert weak["recall_peak_image_isig"][5] >= 0.85
     assert weak["recall_peak_image_isig"][20] == dials["recall_peak_image_isig"][20]
     np.testing.assert_array_equal(weak["rms_full_summed_isig30"], dials["rms_full_summed_isig30"])
     assert weak["spurious"] <= 0.05
