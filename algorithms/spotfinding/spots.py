@@ -116,8 +116,9 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     filter's) that come no nearer to a strong pixel than 1 pixel in x and y and ``reach_images``
     in z (the z filter's reach, through which a bright spot's counts raise the images before
     and after it), nor to a corrupted image: bright spots keep the per-pixel test's compact
-    footprints; the filter adds only spots that test does not see. Pixels in raster order, components numbered by their
-    first pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels;
+    footprints; the filter adds only spots that test does not see. Pixels in raster order,
+    components numbered by their first pixel, as labelling.py does; the strong pixels per image
+    are both sets' kept pixels;
     ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
     since a weak spot's brightest pixel is mostly noise)."""
     plane = np.int64(n_slow) * n_fast

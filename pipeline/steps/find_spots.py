@@ -205,13 +205,16 @@ def _spots_of_sweep(chunks, weak_chunks, image_size: tuple[int, int], spot_limit
                                     identifier=identifier or None, shoeboxes=shoeboxes)
 
 
-def weak_pixels_in_chunk(blocks: Sequence[np.ndarray], own: int, halo: int, first_z: int, *args, **kwargs):
-    """:func:`strong_pixels_in_chunk` with the weak-spot filter for ``blocks[own]``, given the
-    blocks around it (the last ``halo`` images of the one before and the first of the one after
-    feed the filter)."""
-    before = blocks[own - 1][-halo:] if own > 0 and halo else blocks[own][:0]
-    after = blocks[own + 1][:halo] if own + 1 < len(blocks) and halo else blocks[own][:0]
-    stack = np.concatenate([before, blocks[own], after])
+def weak_pixels_in_chunk(before: Sequence[np.ndarray], block: np.ndarray, after: Sequence[np.ndarray], halo: int,
+                         first_z: int, *args, **kwargs):
+    """:func:`strong_pixels_in_chunk` with the weak-spot filter for ``block``, given the blocks
+    before and after it (their ``halo`` images nearest to it feed the filter; chunks shorter
+    than the halo need several)."""
+    empty = block[:0]
+    preceding = np.concatenate([empty, *before])
+    before = preceding[max(0, len(preceding) - halo):]
+    after = np.concatenate([empty, *after])[:halo]
+    stack = np.concatenate([before, block, after])
     return strong_pixels_in_chunk(stack, first_z, *args, halo_before=len(before), halo_after=len(after), **kwargs)
 
 
@@ -244,11 +247,12 @@ def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int 
         for k, (block, start) in enumerate(zip(blocks, starts))
     ]
     weak = weak_spot_parameters(params)
+    reach = 0 if weak is None else -(-weak.halo_images // chunk_images)  # neighbouring blocks the halo needs
     weak_chunks = [] if weak is None else [
         dask.delayed(weak_pixels_in_chunk, pure=True)(
-            blocks[max(0, k - 1): k + 2], min(k, 1), weak.halo_images, first_z + int(start), mask, threshold,
-            detector.trusted_range, detector.pedestal, detector.gain, max_strong_pixel_fraction=max_fraction,
-            weak_spots=weak, **key(f"-weak-{k}"))
+            blocks[max(0, k - reach): k], blocks[k], blocks[k + 1: k + 1 + reach], weak.halo_images,
+            first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal, detector.gain,
+            max_strong_pixel_fraction=max_fraction, weak_spots=weak, **key(f"-weak-{k}"))
         for k, start in enumerate(starts)
     ]
     return dask.delayed(_spots_of_sweep, pure=True)(
