@@ -313,6 +313,18 @@ def summation_fraction(profile: ProfileModel, predicted: dict[str, np.ndarray], 
     return float(min(fraction[0], 1.0)) if available[0] else 1.0
 
 
+def _reference_frames(predicted: dict[str, np.ndarray], block: dict[str, np.ndarray],
+                      rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per (reference, frame of its box) of the references ``rows`` (``block["ref_frames"]``
+    in that order): the reference's number among ``rows``, the frame's array index and the
+    reference's background-subtracted foreground counts on it."""
+    bbox = predicted["bbox"][rows]
+    n_frames = np.minimum(bbox[:, 5] - bbox[:, 4], block["ref_frames"].shape[1])
+    spot = np.repeat(np.arange(len(rows)), n_frames)
+    frame = np.arange(len(spot)) - np.repeat(np.cumsum(n_frames) - n_frames, n_frames)
+    return spot, bbox[spot, 4] + frame, block["ref_frames"][spot, frame]
+
+
 def _group_medians(groups: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Median of ``values`` per group (NaN for empty groups) and the group sizes."""
     order = np.lexsort((values, groups))
@@ -347,12 +359,7 @@ def images_with_foreign_signal(scan, predicted: dict[str, np.ndarray], block: di
 
     if len(rows) == 0:
         return np.zeros(0, int)
-    bbox = predicted["bbox"][rows]
-    n_frames = np.minimum(bbox[:, 5] - bbox[:, 4], block["ref_frames"].shape[1])
-    spot = np.repeat(np.arange(len(rows)), n_frames)
-    frame = np.concatenate([np.arange(k) for k in n_frames])
-    z = bbox[spot, 4] + frame
-    counts = block["ref_frames"][spot, frame]
+    spot, z, counts = _reference_frames(predicted, block, rows)
     phi_a = np.radians(scan.angle_from_array_index(z))
     phi_b = np.radians(scan.angle_from_array_index(z + 1))
     zeta = predicted["zeta"][rows][spot]
@@ -431,12 +438,7 @@ def refine_profile_model(
     sigma_b = _core_gaussian_width(g, step_b, np.radians(profile.sigma_b_deg), np.mean(pixel_area))
     sigma_b = float(np.degrees(sigma_b)) if sigma_b is not None else profile.sigma_b_deg
     # σm: one entry per (reference, frame of its box)
-    bbox = predicted["bbox"][rows]
-    n_frames = np.minimum(bbox[:, 5] - bbox[:, 4], block["ref_frames"].shape[1])
-    spot = np.repeat(np.arange(len(rows)), n_frames)
-    frame = np.concatenate([np.arange(k) for k in n_frames]) if len(rows) else np.zeros(0, int)
-    counts = block["ref_frames"][spot, frame]
-    z = bbox[spot, 4] + frame
+    spot, z, counts = _reference_frames(predicted, block, rows)
     tau = experiment.scan.angle_from_array_index(z + 0.5) - np.degrees(predicted["xyzcal.mm"][rows, 2][spot])
     sigma_m = estimate_sigma_m_deg(counts, tau, spot, zeta, abs(experiment.scan.oscillation[1]))
     return {"sigma_b_deg": sigma_b, "sigma_m_deg": sigma_m, "n_references": int(len(rows))}

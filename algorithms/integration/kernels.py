@@ -403,7 +403,7 @@ def integrate_block(
     pixel_cells = np.empty((my, mx, SUBPIXELS * SUBPIXELS), dtype=np.int32)
     pixel_weights = np.empty((my, mx, SUBPIXELS * SUBPIXELS))
     pixel_n = np.empty((my, mx), dtype=np.int32)
-    near = np.empty((my, mx), dtype=np.bool_)
+    pixel_r2 = np.empty((my, mx))  # squared (c1, c2) distance of each pixel centre from the reflection
     guard2 = guard_radius_rad * guard_radius_rad
     voxel_value = np.empty(mx * my * mz, dtype=np.float32)
     voxel_class = np.empty(mx * my * mz, dtype=np.uint8)
@@ -503,7 +503,7 @@ def integrate_block(
             for xx in range(nx):
                 c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
                 c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
-                near[yy, xx] = c1 * c1 + c2 * c2 < guard2
+                pixel_r2[yy, xx] = c1 * c1 + c2 * c2
         # pass 1: read and classify every voxel once
         nb = 0
         nb_near = 0
@@ -555,11 +555,11 @@ def integrate_block(
                         voxel_class[v_index] = _OTHERS
                     else:
                         voxel_class[v_index] = _BACKGROUND
-                        if near[yy, xx]:
+                        if pixel_r2[yy, xx] < guard2:
                             nb_near += 1
                         else:
                             nb += 1
-                    bg_use[v_index] = voxel_class[v_index] == _BACKGROUND and not near[yy, xx]
+                    bg_use[v_index] = voxel_class[v_index] == _BACKGROUND and pixel_r2[yy, xx] >= guard2
                     v_index += 1
         if nb < min_background_pixels and nb_near > 0:
             # too little background beyond the guard (a box cut by the detector edge or crowded
@@ -575,9 +575,7 @@ def integrate_block(
             # foreground that is not shared with a neighbour
             for yy in range(ny):
                 for xx in range(nx):
-                    c1 = 0.25 * (c1c[yy, xx] + c1c[yy, xx + 1] + c1c[yy + 1, xx] + c1c[yy + 1, xx + 1])
-                    c2 = 0.25 * (c2c[yy, xx] + c2c[yy, xx + 1] + c2c[yy + 1, xx] + c2c[yy + 1, xx + 1])
-                    pixel_density[yy, xx] = math.exp(-(c1 * c1 + c2 * c2) * half_inv_var_b)
+                    pixel_density[yy, xx] = math.exp(-pixel_r2[yy, xx] * half_inv_var_b)
         centroid[i, 0] = np.nan
         centroid[i, 1] = np.nan
         centroid[i, 2] = np.nan

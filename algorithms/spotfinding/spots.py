@@ -121,18 +121,17 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     are both sets' kept pixels;
     ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
     since a weak spot's brightest pixel is mostly noise)."""
-    plane = np.int64(n_slow) * n_fast
+    from scipy.ndimage import maximum_filter1d
 
     def linear(p):
         return (p.z.astype(np.int64) * n_slow + p.y) * n_fast + p.x
 
-    taken = np.sort(linear(strong))
-    lw = linear(weak)
-    touching = np.zeros(len(weak), bool)
-    for dz in range(-reach_images, reach_images + 1):
-        for dy, y_ok in ((-1, weak.y > 0), (0, True), (1, weak.y < n_slow - 1)):
-            for dx, x_ok in ((-1, weak.x > 0), (0, True), (1, weak.x < n_fast - 1)):
-                touching |= y_ok & x_ok & np.isin(lw + dz * plane + dy * n_fast + dx, taken)
+    # the strong pixels grown by 1 pixel in x and y and by the reach in z
+    near = np.zeros((strong.n_images, n_slow, n_fast), np.uint8)
+    near[strong.z - strong.first_z, strong.y, strong.x] = 1
+    for axis, half in ((0, reach_images), (1, 1), (2, 1)):
+        near = maximum_filter1d(near, 2 * half + 1, axis=axis, mode="constant")
+    touching = near[weak.z - weak.first_z, weak.y, weak.x].astype(bool)
     # a corrupted image (the per-pixel test rejected it, or the filter finds several times the
     # sweep's typical number of pixels on it) spoils the filter on every image within reach
     suspect = strong.rejected_images | (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1))
@@ -147,7 +146,7 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     x = np.concatenate([strong.x, weak.x[keep]])
     value = np.concatenate([strong.value, weak.value[keep]])
     label = np.concatenate([strong.label, strong.n_components + weak_label.astype(np.int32)])
-    order = np.argsort(np.concatenate([linear(strong), lw[keep]]), kind="stable")
+    order = np.argsort(np.concatenate([linear(strong), linear(weak)[keep]]), kind="stable")
     z, y, x, value, label = z[order], y[order], x[order], value[order], label[order]
     # renumber the components in the order of their first pixel
     n_components = strong.n_components + int(weak_label.max(initial=-1)) + 1
