@@ -41,6 +41,7 @@ from algorithms.integration.integrate import (
 )
 from algorithms.integration.profile_model import estimate_profile_model
 from algorithms.reflection_table import Flags, ReflectionTable
+from pipeline.errors import ParameterError
 from pipeline.params import param, scope
 from pipeline.steps import StepResult
 
@@ -411,6 +412,9 @@ def integration_graph(experiment, reflections, params: Params, stack, experiment
     detector mask that fix the chunk tasks when the graph is built. ``name`` labels the task
     keys (default ``ds<experiment_id>``).
     """
+    if params.background.guard_sigmas < 0:
+        raise ParameterError(f"background.guard_sigmas={params.background.guard_sigmas}: give a number ≥ 0 "
+                             "(σb beyond the reflection's centre; 0 = DIALS' background, all outside the foreground)")
     name = name or f"ds{experiment_id}"
     sweep = experiment if sweep is None else sweep
     prep = dask.delayed(prepare, pure=True)(experiment, reflections, params, dask_key_name=f"integrate-prepare-{name}")

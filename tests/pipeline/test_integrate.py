@@ -156,17 +156,24 @@ def test_summary_table_counts_add_up(integrated):
     assert "i/sigi (profile fitting)" in text and "number processed with summation" in text
 
 
-def test_cli_writes_integrated_files(simulated, tmp_path, monkeypatch):
-    from pipeline.cli import main
+def _write_refined(simulated, folder: Path) -> None:
+    """refined.expt and refined.refl of the simulated crystal in ``folder``."""
     from pipeline.formats.expt import write_experiments
-    from pipeline.formats.refl import read_reflections, write_reflections
+    from pipeline.formats.refl import write_reflections
 
     experiments, indexed, _ = simulated
     experiment = experiments[0].copy()
     experiment.imageset["template"] = str(Path(experiment.directory) / experiment.imageset["template"])
+    write_experiments([experiment], folder / "refined.expt")
+    write_reflections(indexed, folder / "refined.refl")
+
+
+def test_cli_writes_integrated_files(simulated, tmp_path, monkeypatch):
+    from pipeline.cli import main
+    from pipeline.formats.refl import read_reflections
+
     monkeypatch.chdir(tmp_path)
-    write_experiments([experiment], Path("refined.expt"))
-    write_reflections(indexed, Path("refined.refl"))
+    _write_refined(simulated, tmp_path)
     assert main(["integrate", "refined.expt", "refined.refl"]) == 0
     table = read_reflections("integrated.refl")
     assert table.get_flags(Flags.integrated_sum).sum() > 1000
@@ -183,3 +190,14 @@ def test_missing_input_is_a_clear_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "refined.expt: file not found" in err and err.count("\n") == 1
     assert not Path("integrated.refl").exists()
+
+
+def test_negative_guard_is_a_clear_error(simulated, tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _write_refined(simulated, tmp_path)
+    assert main(["integrate", "refined.expt", "refined.refl", "background.guard_sigmas=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "background.guard_sigmas=-1.0: give a number ≥ 0" in err and err.count("\n") == 1
+    assert not Path("integrated.refl").exists() and not Path("integrated.expt").exists()
