@@ -219,7 +219,9 @@ def weak_pixels_in_chunk(before: Sequence[np.ndarray], block: np.ndarray, after:
 
 
 def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int = 0, name: str | None = None):
-    """A Delayed FoundSpots for one sweep: one task per image chunk plus one reduce. With a
+    """A Delayed FoundSpots for one sweep: one task per image chunk (two with the weak-spot
+    filter, keyed ``…-weak-<chunk>``, which also read the neighbouring chunks' nearest images)
+    plus one reduce. With a
     ``name`` (say ``ds3``) the tasks are keyed ``find_spots-ds3-<chunk>`` and ``find_spots-ds3``, so
     the dashboard says whose they are; the name must then be unique among the graphs of a run."""
     chunk_images = params.spotfinder.mp.chunksize
