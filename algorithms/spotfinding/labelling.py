@@ -49,6 +49,8 @@ class StrongPixels:
     rejected_images: np.ndarray
     # per component: found by the weak-spot filter (spots.with_weak_spots), None = none are
     weak_components: np.ndarray | None = None
+    # per pixel: the weak-spot filter's statistic (σ), None for a per-pixel test's pixels
+    score: np.ndarray | None = None
 
     @property
     def n_images(self) -> int:
@@ -116,6 +118,7 @@ def _strong_pixels_in_chunk(
     ys = np.empty(capacity, np.int32)
     xs = np.empty(capacity, np.int32)
     values = np.empty(capacity, np.float32)
+    scores = np.empty(capacity, np.float32)
     parent = np.empty(capacity, np.int32)
     strong_per_image = np.zeros(n_images, np.int64)
     rejected = np.zeros(n_images, np.bool_)
@@ -145,6 +148,7 @@ def _strong_pixels_in_chunk(
             ys = _grow(ys, capacity)
             xs = _grow(xs, capacity)
             values = _grow(values, capacity)
+            scores = _grow(scores, capacity)
             parent = _grow(parent, capacity)
         y = 0
         for k in range(n_strong):  # raster order
@@ -154,6 +158,7 @@ def _strong_pixels_in_chunk(
             ys[n] = y
             xs[n] = x
             values[n] = corrected_value(raw_chunk[z + halo_before], y, x, pedestal, panel_gain)
+            scores[n] = weak_work[5, y, x] if weak else values[n]
             parent[n] = n
             index[y, x] = n
             if x > 0 and strong[y, x - 1]:
@@ -166,7 +171,8 @@ def _strong_pixels_in_chunk(
         strong, previous_strong = previous_strong, strong
         index, previous_index = previous_index, index
     label, n_components = _label_roots(parent, n)
-    return zs[:n].copy(), ys[:n].copy(), xs[:n].copy(), values[:n].copy(), label, n_components, strong_per_image, rejected
+    return (zs[:n].copy(), ys[:n].copy(), xs[:n].copy(), values[:n].copy(), scores[:n].copy(), label, n_components,
+            strong_per_image, rejected)
 
 
 class _ChunkWork:
@@ -254,7 +260,7 @@ def strong_pixels_in_chunk(
         gain_map = work.uniform_gain_map(parameters.gain_value)
     ky, kx = parameters.kernel_size
     max_strong = int(np.ceil(max_strong_pixel_fraction * n_slow * n_fast))
-    z, y, x, value, label, n_components, per_image, rejected = _strong_pixels_in_chunk(
+    z, y, x, value, score, label, n_components, per_image, rejected = _strong_pixels_in_chunk(
         raw_chunk, int(halo_before), int(n_images), np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]),
         float(trusted_range[1]), float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
@@ -262,7 +268,8 @@ def strong_pixels_in_chunk(
         int(weak_spots.background_half_width) if weak else 0, float(weak_spots.sigma_strong) if weak else 0.0,
         work.weak_work(weak), *work.labelling_buffers(), *work.threshold.buffers(),
     )
-    return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image, rejected)
+    return StrongPixels(int(first_z), z + np.int32(first_z), y, x, value, label, int(n_components), per_image, rejected,
+                        score=score if weak else None)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -320,4 +327,5 @@ def join_chunks(chunks: list[StrongPixels], n_fast: int) -> StrongPixels:
         n_components=int(n_components),
         strong_per_image=np.concatenate([c.strong_per_image for c in chunks]),
         rejected_images=np.concatenate([c.rejected_images for c in chunks]),
+        score=None if chunks[0].score is None else np.concatenate([c.score for c in chunks]),
     )

@@ -18,7 +18,7 @@ from algorithms.shoebox import MaskCode, Shoeboxes
 from algorithms.spotfinding.centroids import peak_centroid_distance, spot_properties, strong_shoeboxes
 from algorithms.spotfinding.labelling import StrongPixels, join_chunks, strong_pixels_in_chunk
 from algorithms.spotfinding.threshold import DispersionParameters
-from algorithms.spotfinding.weak_spots import WeakSpotParameters
+from algorithms.spotfinding.weak_spots import WeakSpotParameters, segment_by_prominence
 
 
 def default_min_spot_size(detector_type: str) -> int:
@@ -111,36 +111,42 @@ def static_mask(
     return mask
 
 
-def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fast: int, reach_images: int = 1) -> StrongPixels:
-    """``strong`` (a per-pixel test's pixels) and the components of ``weak`` (the weak-spot
-    filter's) that come no nearer to a strong pixel than 1 pixel in x and y and ``reach_images``
-    in z (the z filter's reach, through which a bright spot's counts raise the images before
-    and after it), nor to a corrupted image: bright spots keep the per-pixel test's compact
-    footprints; the filter adds only spots that test does not see. Pixels in raster order,
+def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fast: int,
+                    parameters: WeakSpotParameters) -> StrongPixels:
+    """``strong`` (a per-pixel test's pixels) and the spots of ``weak`` (the weak-spot filter's
+    pixels, split at their statistic's significant peaks: weak_spots.segment_by_prominence) that
+    come no nearer to a strong pixel than 1 pixel in x and y and the z filter's reach in images
+    (through which a bright spot's counts raise the images before and after it): bright spots
+    keep the per-pixel test's compact footprints, the filter only adds spots that test does not
+    see. A corrupted image (the per-pixel test rejected it, or the filter finds several times the
+    sweep's typical number of pixels on it) spoils the filter on every image within reach: spots
+    peaking there are dropped, the others lose their pixels there. Pixels in raster order,
     components numbered by their first pixel, as labelling.py does; the strong pixels per image
-    are both sets' kept pixels;
-    ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
-    since a weak spot's brightest pixel is mostly noise)."""
+    are both sets' kept pixels; ``weak_components`` marks the filter's (exempt from the
+    peak-centroid separation filter, since a weak spot's brightest pixel is mostly noise)."""
     from scipy.ndimage import maximum_filter1d
 
     def linear(p):
         return (p.z.astype(np.int64) * n_slow + p.y) * n_fast + p.x
 
+    reach = parameters.halo_images
+    segment, n_segments = segment_by_prominence(weak.z, weak.y, weak.x, weak.score, n_slow, n_fast,
+                                                parameters.min_prominence, parameters.relative_prominence)
     # the strong pixels grown by 1 pixel in x and y and by the reach in z
     near = np.zeros((strong.n_images, n_slow, n_fast), np.uint8)
     near[strong.z - strong.first_z, strong.y, strong.x] = 1
-    for axis, half in ((0, reach_images), (1, 1), (2, 1)):
+    for axis, half in ((0, reach), (1, 1), (2, 1)):
         near = maximum_filter1d(near, 2 * half + 1, axis=axis, mode="constant")
-    touching = near[weak.z - weak.first_z, weak.y, weak.x].astype(bool)
-    # a corrupted image (the per-pixel test rejected it, or the filter finds several times the
-    # sweep's typical number of pixels on it) spoils the filter on every image within reach
+    image = weak.z - weak.first_z
     suspect = strong.rejected_images | (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1))
-    suspect = np.convolve(suspect, np.ones(2 * reach_images + 1), mode="same") > 0
-    touching |= suspect[weak.z - weak.first_z]
-    rejected_components = np.zeros(weak.n_components, bool)
-    rejected_components[weak.label[touching]] = True
-    keep = ~rejected_components[weak.label]
-    _, weak_label = np.unique(weak.label[keep], return_inverse=True)
+    suspect = (np.convolve(suspect, np.ones(2 * reach + 1), mode="same") > 0)[image]
+    by_segment = np.lexsort((-weak.score, segment))  # each segment's pixels, highest first
+    peak = by_segment[np.flatnonzero(np.diff(segment[by_segment], prepend=-1))]  # each segment's highest pixel
+    rejected_segments = np.zeros(n_segments, bool)
+    rejected_segments[segment[near[image, weak.y, weak.x].astype(bool)]] = True
+    rejected_segments |= suspect[peak]
+    keep = ~rejected_segments[segment] & ~suspect
+    _, weak_label = np.unique(segment[keep], return_inverse=True)
     z = np.concatenate([strong.z, weak.z[keep]])
     y = np.concatenate([strong.y, weak.y[keep]])
     x = np.concatenate([strong.x, weak.x[keep]])
@@ -245,5 +251,5 @@ def find_spots(
 
     found = pixels(None)
     if weak_spots is not None:
-        found = with_weak_spots(found, pixels(weak_spots), images.shape[1], images.shape[2], weak_spots.halo_images)
+        found = with_weak_spots(found, pixels(weak_spots), images.shape[1], images.shape[2], weak_spots)
     return spots_from_strong_pixels(found, spot_filter, **table_options)

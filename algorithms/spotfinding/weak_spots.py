@@ -14,8 +14,10 @@ per voxel over a (2W+1)² window of the images the filter spans, its brightest p
 the size of the filtered spot however bright, so that neighbours stay apart), and its own counts
 over those images are not below the background.
 
-:func:`weak_spot_pixels_into` gives one image's strong pixels; labelling.py labels them in 3D,
-and spots.py keeps the components no per-pixel strong pixel belongs to or touches: bright spots
+:func:`weak_spot_pixels_into` gives one image's strong pixels; labelling.py labels them in 3D;
+:func:`segment_by_prominence` splits each component at the significant peaks of the statistic
+(the smoothing joins reflections that follow each other on the same pixels a few images apart),
+and spots.py keeps the segments no per-pixel strong pixel belongs to or touches: bright spots
 keep the compact footprints of DIALS' test, the filter only adds what that test cannot see.
 """
 from __future__ import annotations
@@ -32,12 +34,15 @@ BRIGHT_SIGMAS = 3.0  # pixels this far above the first background estimate leave
 @dataclass(frozen=True)
 class WeakSpotParameters:
     """``spotfinder.threshold.weak_spots.*``: the filter's Gaussian (σ in pixels and images), the
-    background window's half-width (pixels) and the threshold (σ of the filtered counts)."""
+    background window's half-width (pixels), the threshold (σ of the filtered counts) and the
+    prominence a peak needs to be a spot of its own (:func:`segment_by_prominence`)."""
 
     sigma_px: float = 2.0
     sigma_images: float = 1.0
     background_half_width: int = 10
     sigma_strong: float = 5.0
+    min_prominence: float = 1.0
+    relative_prominence: float = 0.1
 
     def __post_init__(self):
         if self.sigma_px <= 0 or self.sigma_images <= 0:
@@ -46,6 +51,8 @@ class WeakSpotParameters:
             raise ValueError(f"background_half_width {self.background_half_width} must be at least 2·sigma_px")
         if self.sigma_strong <= 0:
             raise ValueError("sigma_strong must be > 0")
+        if self.min_prominence < 0 or not 0 <= self.relative_prominence < 1:
+            raise ValueError("min_prominence must be ≥ 0 and relative_prominence in [0, 1)")
 
     @property
     def halo_images(self) -> int:
@@ -127,7 +134,7 @@ def weak_spot_pixels_into(stack, z, taps_xy, taps_z, static_mask, trusted_low, t
     """Strong pixels of image ``z`` of ``stack`` (n_images, slow, fast: the images the z taps
     reach that exist are used) into ``strong`` and, in raster order, ``strong_list``; returns
     their number. ``work`` is a (9, slow, fast) float64 scratch array (labelling.py keeps one per
-    thread)."""
+    thread); ``work[5]`` holds the image's statistic on return."""
     n_images, ny, nx = stack.shape
     hz = len(taps_z) // 2
     filtered_z, weight_z, weight2_z, frame_sum, frame_count, scratch, filtered, weight, weight2 = (
@@ -205,3 +212,84 @@ def weak_spot_pixels_into(stack, z, taps_xy, taps_z, static_mask, trusted_low, t
                 strong_list[n_strong] = y * nx + x
                 n_strong += 1
     return n_strong
+
+
+@numba.njit(cache=True, nogil=True)
+def _index_of(linear, target):
+    """Index of ``target`` in the sorted ``linear``, −1 if absent."""
+    k = np.searchsorted(linear, target)
+    if k < len(linear) and linear[k] == target:
+        return k
+    return -1
+
+
+def segment_by_prominence(z: np.ndarray, y: np.ndarray, x: np.ndarray, score: np.ndarray, n_slow: int, n_fast: int,
+                          min_prominence: float, relative_prominence: float) -> tuple[np.ndarray, int]:
+    """Split pixels (raster order) into one segment per significant peak of ``score``.
+
+    The filter's smoothing joins reflections that follow each other on nearly the same pixels a
+    few images apart (a lattice row crossing the Ewald sphere), and one component then has one
+    centroid between them. Pixels are flooded from the highest score down (6-connectivity);
+    where two segments meet, the lower one survives only if its peak rises above the meeting
+    point by at least max(``min_prominence``, ``relative_prominence`` × its peak) — topological
+    persistence (Edelsbrunner, Letscher & Zomorodian 2002, Discrete Comput. Geom. 28, 511), i.e.
+    a watershed whose basins shallower than noise are merged. Returns each pixel's segment,
+    numbered in order of first pixel, and the number of segments."""
+    linear = (z.astype(np.int64) * n_slow + y) * n_fast + x
+    return _segment_by_prominence(linear, x, y, score.astype(np.float64), n_slow, n_fast, float(min_prominence),
+                                  float(relative_prominence))
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_by_prominence(linear, x, y, score, n_slow, n_fast, min_prominence, relative_prominence):
+    n = len(linear)
+    parent = np.arange(n)
+    done = np.zeros(n, np.bool_)
+    roots = np.empty(6, np.int64)
+    plane = n_slow * n_fast
+    for p in np.argsort(-score, kind="mergesort"):
+        n_roots = 0
+        for axis in range(6):
+            if axis == 0 and x[p] == 0 or axis == 1 and x[p] == n_fast - 1:
+                continue
+            if axis == 2 and y[p] == 0 or axis == 3 and y[p] == n_slow - 1:
+                continue
+            step = (1, n_fast, plane)[axis // 2]
+            q = _index_of(linear, linear[p] + step if axis % 2 else linear[p] - step)
+            if q < 0 or not done[q]:
+                continue
+            r = q
+            while parent[r] != r:
+                parent[r] = parent[parent[r]]
+                r = parent[r]
+            new = True
+            for k in range(n_roots):
+                new &= roots[k] != r
+            if new:
+                roots[n_roots] = r
+                n_roots += 1
+        done[p] = True
+        if n_roots == 0:
+            continue  # a new peak: p is its own root
+        highest = roots[0]
+        for k in range(1, n_roots):
+            if score[roots[k]] > score[highest]:
+                highest = roots[k]
+        for k in range(n_roots):
+            r = roots[k]
+            # a lower peak whose rise above this saddle is noise-sized joins the higher one
+            if r != highest and score[r] - score[p] < max(min_prominence, relative_prominence * score[r]):
+                parent[r] = highest
+        parent[p] = highest
+    label = np.full(n, -1, np.int32)
+    root_label = np.full(n, -1, np.int32)
+    n_labels = 0
+    for i in range(n):  # segments numbered in order of their first pixel
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        if root_label[r] < 0:
+            root_label[r] = n_labels
+            n_labels += 1
+        label[i] = root_label[r]
+    return label, n_labels
