@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from algorithms.spotfinding.threshold import DispersionParameters, ThresholdWork, corrected_value, row_of, threshold_image_into
-from algorithms.spotfinding.weak_spots import WeakSpotParameters, gaussian_taps, weak_spot_pixels_into
+from algorithms.spotfinding.weak_spots import WeakSpotParameters, gaussian_taps, static_weights_into, weak_spot_pixels_into
 
 
 @dataclass
@@ -123,6 +123,8 @@ def _strong_pixels_in_chunk(
     strong_per_image = np.zeros(n_images, np.int64)
     rejected = np.zeros(n_images, np.bool_)
     n = 0
+    if weak:
+        static_weights_into(static_mask, taps_xy, weak_work)
     for z in range(n_images):  # the chunk's own images; halo images only feed the weak-spot filter
         if weak:
             n_strong = weak_spot_pixels_into(
@@ -191,11 +193,11 @@ class _ChunkWork:
         self._weak_work = None
 
     def weak_work(self, needed: bool) -> np.ndarray:
-        """The weak-spot filter's (9, slow, fast) scratch (a 1-pixel dummy when not used)."""
+        """The weak-spot filter's (12, slow, fast) scratch (a 1-pixel dummy when not used)."""
         if not needed:
-            return np.zeros((9, 1, 1))
+            return np.zeros((12, 1, 1))
         if self._weak_work is None:
-            self._weak_work = np.zeros((9, *self.shape))
+            self._weak_work = np.zeros((12, *self.shape))
         return self._weak_work
 
     def labelling_buffers(self) -> tuple:

@@ -18,7 +18,7 @@ from algorithms.shoebox import MaskCode, Shoeboxes
 from algorithms.spotfinding.centroids import peak_centroid_distance, spot_properties, strong_shoeboxes
 from algorithms.spotfinding.labelling import StrongPixels, join_chunks, strong_pixels_in_chunk
 from algorithms.spotfinding.threshold import DispersionParameters
-from algorithms.spotfinding.weak_spots import WeakSpotParameters, segment_by_prominence
+from algorithms.spotfinding.weak_spots import WeakSpotParameters, renumber_by_first_appearance, segment_by_prominence
 
 
 def default_min_spot_size(detector_type: str) -> int:
@@ -124,47 +124,78 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     components numbered by their first pixel, as labelling.py does; the strong pixels per image
     are both sets' kept pixels; ``weak_components`` marks the filter's (exempt from the
     peak-centroid separation filter, since a weak spot's brightest pixel is mostly noise)."""
-    from scipy.ndimage import maximum_filter1d
-
-    def linear(p):
-        return (p.z.astype(np.int64) * n_slow + p.y) * n_fast + p.x
-
     reach = parameters.halo_images
     segment, n_segments = segment_by_prominence(weak.z, weak.y, weak.x, weak.score, n_slow, n_fast,
                                                 parameters.min_prominence, parameters.relative_prominence)
-    # the strong pixels grown by 1 pixel in x and y and by the reach in z
-    near = np.zeros((strong.n_images, n_slow, n_fast), np.uint8)
-    near[strong.z - strong.first_z, strong.y, strong.x] = 1
-    for axis, half in ((0, reach), (1, 1), (2, 1)):
-        near = maximum_filter1d(near, 2 * half + 1, axis=axis, mode="constant")
     image = weak.z - weak.first_z
     suspect = strong.rejected_images | (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1))
     suspect = (np.convolve(suspect, np.ones(2 * reach + 1), mode="same") > 0)[image]
-    by_segment = np.lexsort((-weak.score, segment))  # each segment's pixels, highest first
-    peak = by_segment[np.flatnonzero(np.diff(segment[by_segment], prepend=-1))]  # each segment's highest pixel
     rejected_segments = np.zeros(n_segments, bool)
-    rejected_segments[segment[near[image, weak.y, weak.x].astype(bool)]] = True
-    rejected_segments |= suspect[peak]
+    touching = _near_strong_pixels(strong.z - strong.first_z, strong.y, strong.x, image, weak.y, weak.x,
+                                   strong.n_images, n_slow, n_fast, reach)
+    rejected_segments[segment[touching]] = True
+    rejected_segments |= suspect[_highest_pixel_per_label(segment, weak.score, n_segments)]
     keep = ~rejected_segments[segment] & ~suspect
-    _, weak_label = np.unique(segment[keep], return_inverse=True)
-    z = np.concatenate([strong.z, weak.z[keep]])
-    y = np.concatenate([strong.y, weak.y[keep]])
-    x = np.concatenate([strong.x, weak.x[keep]])
-    value = np.concatenate([strong.value, weak.value[keep]])
-    label = np.concatenate([strong.label, strong.n_components + weak_label.astype(np.int32)])
-    order = np.argsort(np.concatenate([linear(strong), linear(weak)[keep]]), kind="stable")
-    z, y, x, value, label = z[order], y[order], x[order], value[order], label[order]
-    # renumber the components in the order of their first pixel
+    weak_label = renumber_by_first_appearance(segment[keep], n_segments)[0]
+    order = _merge_order((strong.z.astype(np.int64) * n_slow + strong.y) * n_fast + strong.x,
+                         (weak.z[keep].astype(np.int64) * n_slow + weak.y[keep]) * n_fast + weak.x[keep])
+    z = np.concatenate([strong.z, weak.z[keep]])[order]
+    y = np.concatenate([strong.y, weak.y[keep]])[order]
+    x = np.concatenate([strong.x, weak.x[keep]])[order]
+    value = np.concatenate([strong.value, weak.value[keep]])[order]
     n_components = strong.n_components + int(weak_label.max(initial=-1)) + 1
-    first = np.full(n_components, len(label), np.int64)
-    np.minimum.at(first, label, np.arange(len(label)))
-    rank = np.empty(n_components, np.int32)
-    rank[np.argsort(first, kind="stable")] = np.arange(n_components, dtype=np.int32)
+    label, rank = renumber_by_first_appearance(
+        np.concatenate([strong.label, strong.n_components + weak_label])[order], n_components)
     per_image = strong.strong_per_image + np.bincount(weak.z[keep] - weak.first_z, minlength=weak.n_images)
     weak_components = np.zeros(n_components, bool)
     weak_components[rank[strong.n_components:]] = True
-    return StrongPixels(strong.first_z, z, y, x, value, rank[label], n_components, per_image,
+    return StrongPixels(strong.first_z, z, y, x, value, label, n_components, per_image,
                         strong.rejected_images | weak.rejected_images, weak_components)
+
+
+@numba.njit(cache=True, nogil=True)
+def _near_strong_pixels(strong_z, strong_y, strong_x, z, y, x, n_images, n_slow, n_fast, reach_images):
+    """For each pixel (z, y, x): is a strong pixel within 1 pixel in x and y and ``reach_images``
+    in z? (z counted from the scan's first image.)"""
+    strong = np.zeros((n_images, n_slow, n_fast), np.bool_)
+    for i in range(len(strong_z)):
+        strong[strong_z[i], strong_y[i], strong_x[i]] = True
+    near = np.zeros(len(z), np.bool_)
+    for i in range(len(z)):
+        x0, x1 = max(0, x[i] - 1), min(n_fast, x[i] + 2)
+        for zz in range(max(0, z[i] - reach_images), min(n_images, z[i] + reach_images + 1)):
+            for yy in range(max(0, y[i] - 1), min(n_slow, y[i] + 2)):
+                near[i] |= strong[zz, yy, x0:x1].any()
+            if near[i]:
+                break
+    return near
+
+
+@numba.njit(cache=True, nogil=True)
+def _highest_pixel_per_label(label, score, n_labels):
+    """The index of each label's highest-scoring pixel (its first on ties)."""
+    highest = np.full(n_labels, -1, np.int64)
+    for i in range(len(label)):
+        k = label[i]
+        if highest[k] < 0 or score[i] > score[highest[k]]:
+            highest[k] = i
+    return highest
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_order(a, b):
+    """The order that merges two sorted arrays into one (ties: ``a`` first), as indices into
+    their concatenation."""
+    order = np.empty(len(a) + len(b), np.int64)
+    i = j = 0
+    for k in range(len(order)):
+        if j == len(b) or (i < len(a) and a[i] <= b[j]):
+            order[k] = i
+            i += 1
+        else:
+            order[k] = len(a) + j
+            j += 1
+    return order
 
 
 def spots_from_strong_pixels(

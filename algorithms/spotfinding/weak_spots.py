@@ -68,64 +68,113 @@ def gaussian_taps(sigma: float) -> np.ndarray:
     return np.exp(-0.5 * (offsets / sigma) ** 2)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _box(sat, y0, y1, x0, x1):
-    return sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+@numba.njit(cache=True, nogil=True)
+def _convolve_x(image, taps, out):
+    """out[y, x] = Σ_k taps[k]·image[y, x + k − h] (zero outside); inner loops run along rows
+    without branches, so that they vectorise."""
+    ny, nx = image.shape
+    h = len(taps) // 2
+    row = np.empty(nx)
+    for y in range(ny):
+        row[:] = 0.0  # a buffer of its own: no aliasing with image, so the loop vectorises
+        for k in range(len(taps)):
+            t = taps[k]
+            shift = k - h
+            lo, hi = max(0, -shift), min(nx, nx - shift)
+            target, source = row[lo:hi], image[y, lo + shift:hi + shift]
+            for i in range(hi - lo):
+                target[i] += t * source[i]
+        out[y, :] = row
 
 
 @numba.njit(cache=True, nogil=True)
-def _convolve_rows(image, taps, out):
-    """out[y, x] = Σ_k taps[k]·image[y, x + k − h] (zero outside)."""
+def _convolve_y(image, taps, out):
+    """out[y, x] = Σ_k taps[k]·image[y + k − h, x] (zero outside), row by row (contiguous)."""
     ny, nx = image.shape
     h = len(taps) // 2
     for y in range(ny):
         for x in range(nx):
-            s = 0.0
-            for k in range(len(taps)):
-                xx = x + k - h
-                if 0 <= xx < nx:
-                    s += taps[k] * image[y, xx]
-            out[y, x] = s
+            out[y, x] = 0.0
+        for k in range(max(0, h - y), min(len(taps), ny + h - y)):
+            t = taps[k]
+            source = y + k - h
+            for x in range(nx):
+                out[y, x] += t * image[source, x]
 
 
 @numba.njit(cache=True, nogil=True)
 def _separable_xy(image, taps, scratch, out):
     """out = image convolved with ``taps`` along x, then along y (zero outside the image)."""
-    _convolve_rows(image, taps, scratch)
-    _convolve_rows(scratch.T, taps, out.T)
-
-
-@numba.njit(cache=True, nogil=True)
-def _max_along_rows(image, half, out):
-    """out[y, x] = the maximum of image[y, x − half … x + half] (within the image)."""
-    ny, nx = image.shape
-    for y in range(ny):
-        for x in range(nx):
-            out[y, x] = image[y, x]
-        for shift in range(-half, half + 1):
-            for x in range(max(0, -shift), min(nx, nx - shift)):
-                out[y, x] = max(out[y, x], image[y, x + shift])
+    _convolve_x(image, taps, scratch)
+    _convolve_y(scratch, taps, out)
 
 
 @numba.njit(cache=True, nogil=True)
 def _running_max(image, half, scratch, out):
-    """out = the maximum of ``image`` over the (2·half + 1)² window around each pixel."""
-    _max_along_rows(image, half, scratch)
-    _max_along_rows(scratch.T, half, out.T)
+    """out = the maximum of ``image`` over the (2·half + 1)² window around each pixel (within
+    the image): along x, then along y, both row by row."""
+    ny, nx = image.shape
+    row = np.empty(nx)
+    for y in range(ny):
+        row[:] = image[y]
+        for shift in range(-half, half + 1):
+            lo, hi = max(0, -shift), min(nx, nx - shift)
+            target, source = row[lo:hi], image[y, lo + shift:hi + shift]
+            for i in range(hi - lo):
+                target[i] = max(target[i], source[i])
+        scratch[y, :] = row
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = scratch[y, x]
+        for source in range(max(0, y - half), min(ny, y + half + 1)):
+            for x in range(nx):
+                out[y, x] = max(out[y, x], scratch[source, x])
 
 
 @numba.njit(cache=True, nogil=True)
-def _background_tables(frame_sum, frame_count, bright, sat_sum, sat_count):
-    ny, nx = frame_sum.shape
+def static_weights_into(static_mask, taps_xy, work):
+    """The filter's x-y weights of the static mask, Σp and Σp² over the usable pixels around
+    each pixel, into ``work[9]`` and ``work[10]`` (once per chunk: on images whose z taps reach
+    no untrusted pixel, the weights are these times the z taps' sums)."""
+    ny, nx = static_mask.shape
     for y in range(ny):
-        row_s = 0.0
-        row_n = 0.0
         for x in range(nx):
-            if not bright[y, x]:
-                row_s += frame_sum[y, x]
-                row_n += frame_count[y, x]
-            sat_sum[y + 1, x + 1] = sat_sum[y, x + 1] + row_s
-            sat_count[y + 1, x + 1] = sat_count[y, x + 1] + row_n
+            work[0, y, x] = 1.0 if static_mask[y, x] else 0.0
+    _separable_xy(work[0], taps_xy, work[5], work[9])
+    _separable_xy(work[0], taps_xy * taps_xy, work[5], work[10])
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_sums(a, b, half, out_a, out_b):
+    """out_a, out_b = the sums of ``a`` and ``b`` over the (2·half + 1)² window around each pixel
+    (within the image): a running sum of rows along y, then prefix sums along x (the two arrays'
+    chains interleaved, since each is a chain of dependent additions)."""
+    ny, nx = a.shape
+    running_a = np.zeros(nx)
+    running_b = np.zeros(nx)
+    for y in range(min(half, ny)):
+        running_a += a[y]
+        running_b += b[y]
+    for y in range(ny):
+        if y + half < ny:
+            running_a += a[y + half]
+            running_b += b[y + half]
+        if y > half:
+            running_a -= a[y - half - 1]
+            running_b -= b[y - half - 1]
+        out_a[y, :] = running_a
+        out_b[y, :] = running_b
+    prefix_a = np.empty(nx + 1)
+    prefix_b = np.empty(nx + 1)
+    prefix_a[0] = prefix_b[0] = 0.0
+    for y in range(ny):
+        for x in range(nx):
+            prefix_a[x + 1] = prefix_a[x] + out_a[y, x]
+            prefix_b[x + 1] = prefix_b[x] + out_b[y, x]
+        for x in range(nx):
+            hi, lo = min(x + half + 1, nx), max(x - half, 0)
+            out_a[y, x] = prefix_a[hi] - prefix_a[lo]
+            out_b[y, x] = prefix_b[hi] - prefix_b[lo]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -133,94 +182,116 @@ def weak_spot_pixels_into(stack, z, taps_xy, taps_z, static_mask, trusted_low, t
                           gain_map, background_half_width, sigma_strong, strong, strong_list, work):
     """Strong pixels of image ``z`` of ``stack`` (n_images, slow, fast: the images the z taps
     reach that exist are used) into ``strong`` and, in raster order, ``strong_list``; returns
-    their number. ``work`` is a (9, slow, fast) float64 scratch array (labelling.py keeps one per
-    thread); ``work[5]`` holds the image's statistic on return."""
+    their number. ``work`` is a (12, slow, fast) float64 scratch array (labelling.py keeps one per
+    thread) whose ``work[9]`` and ``work[10]`` hold :func:`static_weights_into`'s weights;
+    ``work[5]`` holds the image's statistic on return."""
     n_images, ny, nx = stack.shape
     hz = len(taps_z) // 2
     filtered_z, weight_z, weight2_z, frame_sum, frame_count, scratch, filtered, weight, weight2 = (
         work[0], work[1], work[2], work[3], work[4], work[5], work[6], work[7], work[8])
+    n_untrusted = 0  # usable pixels the z taps reach whose counts are outside the trusted range
+    # row by row, taps outer, into rows of their own (work's planes may alias), selects instead of
+    # short-circuit branches: the x loops vectorise
+    f, w, w2, frame_s, frame_n = np.empty(nx), np.empty(nx), np.empty(nx), np.empty(nx), np.empty(nx)
+    for y in range(ny):
+        f[:] = 0.0
+        w[:] = 0.0
+        w2[:] = 0.0
+        frame_s[:] = 0.0
+        frame_n[:] = 0.0
+        use = static_mask[y]
+        for k in range(max(0, hz - z), min(len(taps_z), n_images + hz - z)):
+            t = taps_z[k]
+            row = stack[z + k - hz, y]
+            for x in range(nx):
+                raw = row[x]
+                trusted = (trusted_low < raw) & (raw < trusted_high)
+                ok = use[x] & trusted
+                c = (raw - pedestal) / panel_gain if ok else 0.0
+                f[x] += t * c
+                w[x] += t if ok else 0.0
+                w2[x] += t * t if ok else 0.0
+                frame_s[x] += c
+                frame_n[x] += 1.0 if ok else 0.0
+                n_untrusted += use[x] & (not trusted)
+        filtered_z[y, :] = f
+        weight_z[y, :] = w
+        weight2_z[y, :] = w2
+        frame_sum[y, :] = frame_s
+        frame_count[y, :] = frame_n
+    _separable_xy(filtered_z, taps_xy, scratch, filtered)
+    z_sum = 1.0  # the weights are z_sum·weight and z_sum2·weight2
+    z_sum2 = 1.0
+    if n_untrusted == 0:  # the static mask's weights times the z taps' sums
+        z_sum = 0.0
+        z_sum2 = 0.0
+        for k in range(max(0, hz - z), min(len(taps_z), n_images + hz - z)):
+            z_sum += taps_z[k]
+            z_sum2 += taps_z[k] * taps_z[k]
+        weight, weight2 = work[9], work[10]
+    else:
+        _separable_xy(weight_z, taps_xy, scratch, weight)
+        _separable_xy(weight2_z, taps_xy * taps_xy, scratch, weight2)
+    # the background per voxel: window means of the frame sums, twice (cores out the second time)
+    masked_sum, masked_count, window_sum, window_count, statistic = work[0], work[1], work[2], work[11], work[5]
+    masked_sum[:, :] = frame_sum
+    masked_count[:, :] = frame_count
+    for background_pass in range(2):
+        _window_sums(masked_sum, masked_count, background_half_width, window_sum, window_count)
+        if background_pass == 0:  # spot cores leave the second estimate
+            for y in range(ny):
+                for x in range(nx):
+                    n_window = window_count[y, x]
+                    mean = window_sum[y, x] / max(n_window, 1.0)
+                    own = frame_sum[y, x] - frame_count[y, x] * mean
+                    limit = BRIGHT_SIGMAS * math.sqrt(gain_map[y, x] * max(frame_count[y, x] * mean, 1.0))
+                    core = (frame_count[y, x] > 0.0) & (n_window >= 1.0) & (own > limit)
+                    masked_sum[y, x] = 0.0 if core else frame_sum[y, x]
+                    masked_count[y, x] = 0.0 if core else frame_count[y, x]
+    image = stack[z]
     for y in range(ny):
         for x in range(nx):
-            f = 0.0
-            w = 0.0
-            w2 = 0.0
-            s = 0.0
-            n = 0.0
-            if static_mask[y, x]:
-                for k in range(len(taps_z)):
-                    zz = z + k - hz
-                    if 0 <= zz < n_images:
-                        raw = stack[zz, y, x]
-                        if trusted_low < raw < trusted_high:
-                            c = raw if pedestal == 0.0 and panel_gain == 1.0 else (raw - pedestal) / panel_gain
-                            t = taps_z[k]
-                            f += t * c
-                            w += t
-                            w2 += t * t
-                            s += c
-                            n += 1.0
-            filtered_z[y, x] = f
-            weight_z[y, x] = w
-            weight2_z[y, x] = w2
-            frame_sum[y, x] = s
-            frame_count[y, x] = n
-    _separable_xy(filtered_z, taps_xy, scratch, filtered)
-    _separable_xy(weight_z, taps_xy, scratch, weight)
-    _separable_xy(weight2_z, taps_xy * taps_xy, scratch, weight2)
-    # the background per voxel: window means of the frame sums, twice (cores out the second time)
-    bright = np.zeros((ny, nx), np.bool_)
-    sat_sum = np.zeros((ny + 1, nx + 1))
-    sat_count = np.zeros((ny + 1, nx + 1))
-    big = background_half_width
-    n_strong = 0
-    statistic = work[5]  # (the scratch of the filters above is free again)
-    statistic[:, :] = -np.inf
-    peak = work[1]  # weight_z, no longer needed
-    scratch = work[2]  # weight2_z, no longer needed
-    half_width_max = len(taps_xy) // 2
-    for background_pass in range(2):
-        _background_tables(frame_sum, frame_count, bright, sat_sum, sat_count)
-        for y in range(ny):
-            oy0, oy1 = max(0, y - big), min(ny, y + big + 1)
-            for x in range(nx):
-                if background_pass == 1:
-                    strong[y, x] = False
-                if frame_count[y, x] == 0.0:
-                    continue
-                ox0, ox1 = max(0, x - big), min(nx, x + big + 1)
-                n_window = _box(sat_count, oy0, oy1, ox0, ox1)
-                if n_window < 1.0:
-                    continue
-                mean = _box(sat_sum, oy0, oy1, ox0, ox1) / n_window
-                g = gain_map[y, x]
-                own = frame_sum[y, x] - frame_count[y, x] * mean
-                if background_pass == 0:
-                    bright[y, x] = own > BRIGHT_SIGMAS * math.sqrt(g * max(frame_count[y, x] * mean, 1.0))
-                    continue
-                raw = stack[z, y, x]
-                if own >= 0.0 and trusted_low < raw < trusted_high:
-                    variance = g * max(mean * weight2[y, x], 1e-6)
-                    statistic[y, x] = (filtered[y, x] - mean * weight[y, x]) / math.sqrt(variance)
+            n_window = window_count[y, x]
+            mean = window_sum[y, x] / max(n_window, 1.0)
+            own = frame_sum[y, x] - frame_count[y, x] * mean
+            raw = image[y, x]
+            ok = (frame_count[y, x] > 0.0) & (n_window >= 1.0) & (own >= 0.0) & (trusted_low < raw) & (raw < trusted_high)
+            expected = mean * z_sum * weight[y, x]
+            value = (filtered[y, x] - expected) / math.sqrt(gain_map[y, x] * max(mean * z_sum2 * weight2[y, x], 1e-6))
+            statistic[y, x] = value if ok else -np.inf
+    peak, scratch = work[1], work[2]
     # a pixel is strong where the statistic reaches the threshold and half its nearby maximum: a
     # footprint the size of the filtered spot whatever its brightness, so that neighbours stay apart
-    _running_max(statistic, half_width_max, scratch, peak)
+    _running_max(statistic, len(taps_xy) // 2, scratch, peak)
+    n_strong = 0
     for y in range(ny):
         for x in range(nx):
             v = statistic[y, x]
-            if v >= sigma_strong and v >= 0.5 * peak[y, x]:
-                strong[y, x] = True
+            strong[y, x] = v >= sigma_strong and v >= 0.5 * peak[y, x]
+            if strong[y, x]:
                 strong_list[n_strong] = y * nx + x
                 n_strong += 1
     return n_strong
 
 
 @numba.njit(cache=True, nogil=True)
-def _index_of(linear, target):
-    """Index of ``target`` in the sorted ``linear``, −1 if absent."""
-    k = np.searchsorted(linear, target)
-    if k < len(linear) and linear[k] == target:
-        return k
-    return -1
+def _neighbour_table(z, y, x, n_slow, n_fast):
+    """Each pixel's 6 neighbours (−x, +x, −y, +y, −z, +z) as pixel indices, −1 where not a
+    pixel; one pass in raster order with a map of the last pixel seen at each position."""
+    n = len(z)
+    table = np.full((n, 6), -1, np.int64)
+    last = np.full((n_slow, n_fast), -1, np.int64)
+    for i in range(n):
+        for direction in (0, 2, 4):  # −x and −y on this image, −z: the same position on the last
+            yy = y[i] - (direction == 2)
+            xx = x[i] - (direction == 0)
+            if yy >= 0 and xx >= 0:
+                j = last[yy, xx]
+                if j >= 0 and z[j] == z[i] - (direction == 4):
+                    table[i, direction] = j
+                    table[j, direction + 1] = i
+        last[y[i], x[i]] = i
+    return table
 
 
 def segment_by_prominence(z: np.ndarray, y: np.ndarray, x: np.ndarray, score: np.ndarray, n_slow: int, n_fast: int,
@@ -235,27 +306,22 @@ def segment_by_prominence(z: np.ndarray, y: np.ndarray, x: np.ndarray, score: np
     persistence (Edelsbrunner, Letscher & Zomorodian 2002, Discrete Comput. Geom. 28, 511), i.e.
     a watershed whose basins shallower than noise are merged. Returns each pixel's segment,
     numbered in order of first pixel, and the number of segments."""
-    linear = (z.astype(np.int64) * n_slow + y) * n_fast + x
-    return _segment_by_prominence(linear, x, y, score.astype(np.float64), n_slow, n_fast, float(min_prominence),
+    neighbours = _neighbour_table(z, y, x, n_slow, n_fast)
+    order = np.argsort(-score)  # deterministic for the same pixels, so chunk-independent like the rest
+    return _segment_by_prominence(neighbours, score.astype(np.float64), order, float(min_prominence),
                                   float(relative_prominence))
 
 
 @numba.njit(cache=True, nogil=True)
-def _segment_by_prominence(linear, x, y, score, n_slow, n_fast, min_prominence, relative_prominence):
-    n = len(linear)
+def _segment_by_prominence(neighbours, score, order, min_prominence, relative_prominence):
+    n = len(score)
     parent = np.arange(n)
     done = np.zeros(n, np.bool_)
     roots = np.empty(6, np.int64)
-    plane = n_slow * n_fast
-    for p in np.argsort(-score, kind="mergesort"):
+    for p in order:  # highest score first
         n_roots = 0
-        for axis in range(6):
-            if axis == 0 and x[p] == 0 or axis == 1 and x[p] == n_fast - 1:
-                continue
-            if axis == 2 and y[p] == 0 or axis == 3 and y[p] == n_slow - 1:
-                continue
-            step = (1, n_fast, plane)[axis // 2]
-            q = _index_of(linear, linear[p] + step if axis % 2 else linear[p] - step)
+        for direction in range(6):
+            q = neighbours[p, direction]
             if q < 0 or not done[q]:
                 continue
             r = q
@@ -281,15 +347,26 @@ def _segment_by_prominence(linear, x, y, score, n_slow, n_fast, min_prominence, 
             if r != highest and score[r] - score[p] < max(min_prominence, relative_prominence * score[r]):
                 parent[r] = highest
         parent[p] = highest
-    label = np.full(n, -1, np.int32)
-    root_label = np.full(n, -1, np.int32)
-    n_labels = 0
-    for i in range(n):  # segments numbered in order of their first pixel
+    root = np.empty(n, np.int64)
+    for i in range(n):
         r = i
         while parent[r] != r:
             r = parent[r]
-        if root_label[r] < 0:
-            root_label[r] = n_labels
-            n_labels += 1
-        label[i] = root_label[r]
-    return label, n_labels
+        root[i] = r
+    label, new_of_root = renumber_by_first_appearance(root, n)
+    return label, int(new_of_root.max() + 1) if n else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def renumber_by_first_appearance(label, n_labels):
+    """Labels 0 … n_labels−1 renumbered in order of first appearance in ``label`` (labels that do
+    not appear get −1): the new labels and the new number of each old one."""
+    new_of_old = np.full(n_labels, -1, np.int32)
+    new = np.empty(len(label), np.int32)
+    n_new = 0
+    for i in range(len(label)):
+        if new_of_old[label[i]] < 0:
+            new_of_old[label[i]] = n_new
+            n_new += 1
+        new[i] = new_of_old[label[i]]
+    return new, new_of_old
