@@ -50,9 +50,12 @@ def summarise(comparisons) -> dict:
     for definition in ("peak_image_isig", "summed_isig"):
         isig = joined(definition)
         summary[f"recall_{definition}"] = {t: found[(isig >= t) & (d < 20)].mean() for t in ISIG_THRESHOLDS}
+    recall_set = matched & (joined("summed_isig") >= 5)  # the matched reflections the recall counts
     summary.update(
         n_matched=int(matched.sum()),
         rms_xyz=rms(error[matched], axis=0),
+        rms_xyz_summed_isig5=rms(error[recall_set], axis=0),
+        rms_z_spot_images_summed_isig5=rms(joined("z_error_spot_images")[recall_set]),
         rms_z_spot_images=rms(joined("z_error_spot_images")[matched]),
         rms_z_multi_image=rms(error[matched & (joined("spot_images") >= 2), 2]),
         recall_full_summed_isig30=found[strong_full].mean(),
