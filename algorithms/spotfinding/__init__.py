@@ -5,8 +5,8 @@ Data flow (each stage a pure function; the pipeline maps the first over Dask ima
 :func:`strong_pixels_in_chunk` (threshold + label one chunk) → :func:`join_chunks` (merge spots
 across chunk boundaries) → :func:`spots_from_strong_pixels` (sizes, centroids, filters, table).
 Optionally (beyond DIALS) the weak-spot filter's pixels are found the same way, with a halo of
-images around each chunk, and :func:`with_weak_spots` adds its spots that the per-pixel test
-does not see.
+images around each chunk, and :func:`with_weak_spots` makes its segments the spots, keeping the
+per-pixel test's where the filter has none.
 """
 from algorithms.spotfinding.histogram import spot_counts_per_image_histogram
 from algorithms.spotfinding.labelling import StrongPixels, join_chunks, strong_pixels_in_chunk

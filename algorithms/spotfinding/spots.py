@@ -7,7 +7,7 @@ Order of operations as in ``dials.find_spots``: extract components → size filt
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -113,32 +113,37 @@ def static_mask(
 
 def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fast: int,
                     parameters: WeakSpotParameters) -> StrongPixels:
-    """``strong`` (a per-pixel test's pixels) and the spots of ``weak`` (the weak-spot filter's
-    pixels, split at their statistic's significant peaks: weak_spots.segment_by_prominence) that
-    come no nearer to a strong pixel than 1 pixel in x and y and the z filter's reach in images
-    (through which a bright spot's counts raise the images before and after it): bright spots
-    keep the per-pixel test's compact footprints, the filter only adds spots that test does not
-    see. A corrupted image (the per-pixel test rejected it, or the filter finds several times the
-    sweep's typical number of pixels on it) spoils the filter on every image within reach: spots
-    peaking there are dropped, the others lose their pixels there. Pixels in raster order,
-    components numbered by their first pixel, as labelling.py does; the strong pixels per image
-    are both sets' kept pixels; ``weak_components`` marks the filter's (exempt from the
-    peak-centroid separation filter, since a weak spot's brightest pixel is mostly noise)."""
+    """The spots of ``weak`` (the weak-spot filter's pixels, split at their statistic's
+    significant peaks: weak_spots.segment_by_prominence) and the components of ``strong`` (a
+    per-pixel test's) that no kept filter pixel comes within 1 pixel of on the same image.
+
+    The filter's segments cover a reflection's whole rocking curve, where the per-pixel test
+    keeps only the images on which it stands out (a reflection near the rotation axis becomes
+    pieces, a lattice row's neighbours one component), so they are the spots wherever the filter
+    has them. A corrupted image (the per-pixel test rejected it, or the filter finds several times
+    the sweep's typical number of pixels on it) spoils the filter on every image within the z
+    filter's reach: segments peaking there are dropped, the others lose their pixels there, and
+    the per-pixel test's spots stand. Pixels in raster order, components numbered by their first
+    pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels;
+    ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
+    since a faint spot's brightest pixel is mostly noise)."""
     reach = parameters.halo_images
     segment, n_segments = segment_by_prominence(weak.z, weak.y, weak.x, weak.score, n_slow, n_fast,
                                                 parameters.min_prominence, parameters.relative_prominence)
     image = weak.z - weak.first_z
     suspect = strong.rejected_images | (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1))
     suspect = (np.convolve(suspect, np.ones(2 * reach + 1), mode="same") > 0)[image]
-    rejected_segments = np.zeros(n_segments, bool)
-    touching = _near_strong_pixels(strong.z - strong.first_z, strong.y, strong.x, image, weak.y, weak.x,
-                                   strong.n_images, n_slow, n_fast, reach)
-    rejected_segments[segment[touching]] = True
-    rejected_segments |= suspect[_highest_pixel_per_label(segment, weak.score, n_segments)]
-    keep = ~rejected_segments[segment] & ~suspect
+    keep = ~suspect[_highest_pixel_per_label(segment, weak.score, n_segments)][segment] & ~suspect
+    covered = _near_pixels(image[keep], weak.y[keep], weak.x[keep], strong.z - strong.first_z, strong.y, strong.x,
+                           strong.n_images, n_slow, n_fast)
+    replaced = np.zeros(strong.n_components, bool)
+    replaced[strong.label[covered]] = True
+    own = ~replaced[strong.label]
+    strong_label = renumber_by_first_appearance(strong.label[own], strong.n_components)[0]
+    strong = replace(strong, z=strong.z[own], y=strong.y[own], x=strong.x[own], value=strong.value[own],
+                     label=strong_label, n_components=int(strong_label.max(initial=-1)) + 1)
     weak_label = renumber_by_first_appearance(segment[keep], n_segments)[0]
-    order = _merge_order((strong.z.astype(np.int64) * n_slow + strong.y) * n_fast + strong.x,
-                         (weak.z[keep].astype(np.int64) * n_slow + weak.y[keep]) * n_fast + weak.x[keep])
+    order = _merge_order(_linear(strong, n_slow, n_fast), _linear(weak, n_slow, n_fast)[keep])
     z = np.concatenate([strong.z, weak.z[keep]])[order]
     y = np.concatenate([strong.y, weak.y[keep]])[order]
     x = np.concatenate([strong.x, weak.x[keep]])[order]
@@ -146,28 +151,29 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     n_components = strong.n_components + int(weak_label.max(initial=-1)) + 1
     label, rank = renumber_by_first_appearance(
         np.concatenate([strong.label, strong.n_components + weak_label])[order], n_components)
-    per_image = strong.strong_per_image + np.bincount(weak.z[keep] - weak.first_z, minlength=weak.n_images)
+    per_image = np.bincount(z - strong.first_z, minlength=strong.n_images)
     weak_components = np.zeros(n_components, bool)
     weak_components[rank[strong.n_components:]] = True
     return StrongPixels(strong.first_z, z, y, x, value, label, n_components, per_image,
                         strong.rejected_images | weak.rejected_images, weak_components)
 
 
+def _linear(pixels: StrongPixels, n_slow: int, n_fast: int) -> np.ndarray:
+    return (pixels.z.astype(np.int64) * n_slow + pixels.y) * n_fast + pixels.x
+
+
 @numba.njit(cache=True, nogil=True)
-def _near_strong_pixels(strong_z, strong_y, strong_x, z, y, x, n_images, n_slow, n_fast, reach_images):
-    """For each pixel (z, y, x): is a strong pixel within 1 pixel in x and y and ``reach_images``
-    in z? (z counted from the scan's first image.)"""
-    strong = np.zeros((n_images, n_slow, n_fast), np.bool_)
-    for i in range(len(strong_z)):
-        strong[strong_z[i], strong_y[i], strong_x[i]] = True
-    near = np.zeros(len(z), np.bool_)
+def _near_pixels(z, y, x, query_z, query_y, query_x, n_images, n_slow, n_fast):
+    """For each query pixel: is one of the pixels (z, y, x) within 1 pixel in x and y on the
+    same image? (z counted from the scan's first image.)"""
+    occupied = np.zeros((n_images, n_slow, n_fast), np.bool_)
     for i in range(len(z)):
-        x0, x1 = max(0, x[i] - 1), min(n_fast, x[i] + 2)
-        for zz in range(max(0, z[i] - reach_images), min(n_images, z[i] + reach_images + 1)):
-            for yy in range(max(0, y[i] - 1), min(n_slow, y[i] + 2)):
-                near[i] |= strong[zz, yy, x0:x1].any()
-            if near[i]:
-                break
+        occupied[z[i], y[i], x[i]] = True
+    near = np.zeros(len(query_z), np.bool_)
+    for i in range(len(query_z)):
+        x0, x1 = max(0, query_x[i] - 1), min(n_fast, query_x[i] + 2)
+        for yy in range(max(0, query_y[i] - 1), min(n_slow, query_y[i] + 2)):
+            near[i] |= occupied[query_z[i], yy, x0:x1].any()
     return near
 
 
@@ -263,8 +269,8 @@ def find_spots(
     """Spot finding on an in-memory stack (n_images, slow, fast) in chunks of ``chunk_images``
     (None = one chunk), sequentially; the pipeline maps :func:`strong_pixels_in_chunk` over Dask
     chunks instead and calls :func:`join_chunks`, :func:`with_weak_spots` and
-    :func:`spots_from_strong_pixels` the same way. ``weak_spots`` adds the weak-spot filter's
-    spots (weak_spots.py) to those of ``parameters``' test.
+    :func:`spots_from_strong_pixels` the same way. With ``weak_spots`` the weak-spot filter's
+    spots (weak_spots.py) join those of ``parameters``' test (:func:`with_weak_spots`).
     """
     step = chunk_images or len(images)
     n = len(images)

@@ -16,9 +16,11 @@ over those images are not below the background.
 
 :func:`weak_spot_pixels_into` gives one image's strong pixels; labelling.py labels them in 3D;
 :func:`segment_by_prominence` splits each component at the significant peaks of the statistic
-(the smoothing joins reflections that follow each other on the same pixels a few images apart),
-and spots.py keeps the segments no per-pixel strong pixel belongs to or touches: bright spots
-keep the compact footprints of DIALS' test, the filter only adds what that test cannot see.
+(the smoothing joins reflections that follow each other on the same pixels a few images apart);
+spots.py makes the segments the spots, and keeps the per-pixel test's spots where the filter has
+none: a segment holds a reflection's whole rocking curve, where a per-image test keeps the
+images on which it stands out (pieces of a reflection near the rotation axis, one component for
+a lattice row's neighbours).
 """
 from __future__ import annotations
 

