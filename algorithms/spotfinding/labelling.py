@@ -106,7 +106,7 @@ def _label_roots(parent, n):
 def _strong_pixels_in_chunk(
     raw_chunk, halo_before, n_images, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
     kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended, max_strong,
-    weak, taps_xy, taps_z, weak_background_half_width, weak_sigma_strong, weak_work,
+    weak, usable_images, taps_xy, taps_z, weak_background_half_width, weak_sigma_strong, weak_work,
     strong, previous_strong, strong_list, index, previous_index,
     valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags, dispersed_list, core_list,
 ):
@@ -126,24 +126,30 @@ def _strong_pixels_in_chunk(
     if weak:
         static_weights_into(static_mask, taps_xy, weak_work)
     for z in range(n_images):  # the chunk's own images; halo images only feed the weak-spot filter
-        if weak:
-            n_strong = weak_spot_pixels_into(
-                raw_chunk, z + halo_before, taps_xy, taps_z, static_mask, trusted_low, trusted_high, pedestal,
-                panel_gain, gain_map, weak_background_half_width, weak_sigma_strong, strong, strong_list, weak_work,
-            )
-        else:
-            n_strong = threshold_image_into(
-                raw_chunk[z + halo_before], static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
-                kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
-                strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit,
-                flags, dispersed_list, core_list,
-            )
-        strong_per_image[z] = n_strong
-        if n_strong > max_strong:
-            # DIALS stops here; one corrupted image should not lose the whole sweep
-            rejected[z] = True
+        if weak and not usable_images[z + halo_before]:  # left out by the caller
             strong[:, :] = False
+            rejected[z] = True
             n_strong = 0
+        else:
+            if weak:
+                n_strong = weak_spot_pixels_into(
+                    raw_chunk, z + halo_before, usable_images, taps_xy, taps_z, static_mask, trusted_low, trusted_high,
+                    pedestal, panel_gain, gain_map, weak_background_half_width, weak_sigma_strong, strong, strong_list,
+                    weak_work,
+                )
+            else:
+                n_strong = threshold_image_into(
+                    raw_chunk[z + halo_before], static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
+                    kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended,
+                    strong, strong_list, valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit,
+                    flags, dispersed_list, core_list,
+                )
+            strong_per_image[z] = n_strong
+            if n_strong > max_strong:
+                # DIALS stops here; one corrupted image should not lose the whole sweep
+                rejected[z] = True
+                strong[:, :] = False
+                n_strong = 0
         if n + n_strong > capacity:
             capacity = max(2 * capacity, n + n_strong)
             zs = _grow(zs, capacity)
@@ -236,6 +242,7 @@ def strong_pixels_in_chunk(
     weak_spots: WeakSpotParameters | None = None,
     halo_before: int = 0,
     halo_after: int = 0,
+    excluded_images: np.ndarray | None = None,
 ) -> StrongPixels:
     """Threshold a chunk of raw images (n_images, slow, fast) and label its strong pixels in 3D.
 
@@ -244,8 +251,10 @@ def strong_pixels_in_chunk(
     the pixels are those of the weak-spot filter (weak_spots.py) instead of ``parameters``'
     test; the first ``halo_before`` and last ``halo_after`` images then belong to neighbouring
     chunks and only feed the filter (``weak_spots.halo_images`` of them, fewer at the scan's
-    ends). An image with more than ⌈max_strong_pixel_fraction × pixels⌉ strong pixels is marked
-    rejected and contributes none. Runs without the GIL.
+    ends), and ``excluded_images`` (True per image of ``raw_chunk``, halos included: those the
+    per-pixel test rejected) neither feed it nor get pixels. An image with more than
+    ⌈max_strong_pixel_fraction × pixels⌉ strong pixels is marked rejected and contributes none.
+    Runs without the GIL.
     """
     raw_chunk = np.ascontiguousarray(raw_chunk)
     if raw_chunk.ndim != 3:
@@ -255,6 +264,11 @@ def strong_pixels_in_chunk(
     if n_images < 1 or halo_before < 0 or halo_after < 0:
         raise ValueError(f"a chunk of {n_all} images cannot have halos of {halo_before} and {halo_after}")
     weak = weak_spots is not None
+    usable_images = np.ones(n_all, np.bool_)
+    if excluded_images is not None:
+        if len(excluded_images) != n_all:
+            raise ValueError(f"excluded_images has {len(excluded_images)} entries for a chunk of {n_all} images")
+        usable_images &= ~np.asarray(excluded_images, np.bool_)
     taps_xy = gaussian_taps(weak_spots.sigma_px) if weak else np.ones(1)
     taps_z = gaussian_taps(weak_spots.sigma_images) if weak else np.ones(1)
     work = _chunk_work(n_slow, n_fast)
@@ -266,7 +280,7 @@ def strong_pixels_in_chunk(
         raw_chunk, int(halo_before), int(n_images), np.ascontiguousarray(static_mask, np.bool_), float(trusted_range[0]),
         float(trusted_range[1]), float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
-        float(parameters.global_threshold), parameters.extended, max_strong, weak, taps_xy, taps_z,
+        float(parameters.global_threshold), parameters.extended, max_strong, weak, usable_images, taps_xy, taps_z,
         int(weak_spots.background_half_width) if weak else 0, float(weak_spots.sigma_strong) if weak else 0.0,
         work.weak_work(weak), *work.labelling_buffers(), *work.threshold.buffers(),
     )

@@ -120,10 +120,11 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     The filter's segments cover a reflection's whole rocking curve, where the per-pixel test
     keeps only the images on which it stands out (a reflection near the rotation axis becomes
     pieces, a lattice row's neighbours one component), so they are the spots wherever the filter
-    has them. A corrupted image (the per-pixel test rejected it, or the filter finds several times
-    the sweep's typical number of pixels on it) spoils the filter on every image within the z
-    filter's reach: segments peaking there are dropped, the others lose their pixels there, and
-    the per-pixel test's spots stand. Pixels in raster order, components numbered by their first
+    has them. ``weak`` must come from a filter that left out the images the per-pixel test
+    rejected (``excluded_images``); a corrupted image it did not leave out (the filter finds
+    several times the sweep's typical number of pixels on it) spoils the filter on every image
+    within the z filter's reach: segments peaking there are dropped, the others lose their pixels
+    there, and the per-pixel test's spots stand. Pixels in raster order, components numbered by their first
     pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels;
     ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
     since a faint spot's brightest pixel is mostly noise)."""
@@ -131,7 +132,7 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     segment, n_segments = segment_by_prominence(weak.z, weak.y, weak.x, weak.score, n_slow, n_fast,
                                                 parameters.min_prominence, parameters.relative_prominence)
     image = weak.z - weak.first_z
-    suspect = strong.rejected_images | (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1))
+    suspect = (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1)) & ~strong.rejected_images
     suspect = (np.convolve(suspect, np.ones(2 * reach + 1), mode="same") > 0)[image]
     keep = ~suspect[_highest_pixel_per_label(segment, weak.score, n_segments)][segment] & ~suspect
     covered = _near_pixels(image[keep], weak.y[keep], weak.x[keep], strong.z - strong.first_z, strong.y, strong.x,
@@ -275,7 +276,7 @@ def find_spots(
     step = chunk_images or len(images)
     n = len(images)
 
-    def pixels(weak):
+    def pixels(weak, excluded=None):
         halo = weak.halo_images if weak is not None else 0
         chunks = []
         for start in range(0, n, step):
@@ -283,10 +284,11 @@ def find_spots(
             chunks.append(strong_pixels_in_chunk(
                 images[lo:hi], first_z + start, mask, parameters, trusted_range,
                 max_strong_pixel_fraction=max_strong_pixel_fraction, weak_spots=weak, halo_before=start - lo,
-                halo_after=hi - min(n, start + step)))
+                halo_after=hi - min(n, start + step), excluded_images=None if excluded is None else excluded[lo:hi]))
         return join_chunks(chunks, images.shape[2])
 
     found = pixels(None)
     if weak_spots is not None:
-        found = with_weak_spots(found, pixels(weak_spots), images.shape[1], images.shape[2], weak_spots)
+        weak = pixels(weak_spots, excluded=found.rejected_images)
+        found = with_weak_spots(found, weak, images.shape[1], images.shape[2], weak_spots)
     return spots_from_strong_pixels(found, spot_filter, **table_options)

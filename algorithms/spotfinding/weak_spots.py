@@ -180,10 +180,11 @@ def _window_sums(a, b, half, out_a, out_b):
 
 
 @numba.njit(cache=True, nogil=True)
-def weak_spot_pixels_into(stack, z, taps_xy, taps_z, static_mask, trusted_low, trusted_high, pedestal, panel_gain,
-                          gain_map, background_half_width, sigma_strong, strong, strong_list, work):
+def weak_spot_pixels_into(stack, z, usable_images, taps_xy, taps_z, static_mask, trusted_low, trusted_high, pedestal,
+                          panel_gain, gain_map, background_half_width, sigma_strong, strong, strong_list, work):
     """Strong pixels of image ``z`` of ``stack`` (n_images, slow, fast: the images the z taps
-    reach that exist are used) into ``strong`` and, in raster order, ``strong_list``; returns
+    reach that exist and are ``usable_images`` are used; corrupted ones would spoil their
+    neighbours) into ``strong`` and, in raster order, ``strong_list``; returns
     their number. ``work`` is a (12, slow, fast) float64 scratch array (labelling.py keeps one per
     thread) whose ``work[9]`` and ``work[10]`` hold :func:`static_weights_into`'s weights;
     ``work[5]`` holds the image's statistic on return."""
@@ -203,6 +204,8 @@ def weak_spot_pixels_into(stack, z, taps_xy, taps_z, static_mask, trusted_low, t
         frame_n[:] = 0.0
         use = static_mask[y]
         for k in range(max(0, hz - z), min(len(taps_z), n_images + hz - z)):
+            if not usable_images[z + k - hz]:
+                continue
             t = taps_z[k]
             row = stack[z + k - hz, y]
             for x in range(nx):
@@ -228,6 +231,8 @@ def weak_spot_pixels_into(stack, z, taps_xy, taps_z, static_mask, trusted_low, t
         z_sum = 0.0
         z_sum2 = 0.0
         for k in range(max(0, hz - z), min(len(taps_z), n_images + hz - z)):
+            if not usable_images[z + k - hz]:
+                continue
             z_sum += taps_z[k]
             z_sum2 += taps_z[k] * taps_z[k]
         weight, weight2 = work[9], work[10]

@@ -29,6 +29,7 @@ from algorithms.spotfinding import (
     join_chunks,
     spot_counts_per_image_histogram,
     spots_from_strong_pixels,
+    StrongPixels,
     static_mask,
     strong_pixels_in_chunk,
     WeakSpotParameters,
@@ -62,8 +63,8 @@ class WeakSpots:
         False, "Find spots with a 3D matched filter (a Gaussian in x, y and image number) as well: reflections "
         "spread over many images and pixels, each too faint for the per-pixel test, and bright ones whole where "
         "that test keeps pieces of their rocking curves; the per-pixel test's spots stay where the filter has "
-        "none. On simulated myd88 sweeps (d_max=20): reflections of summed I/σ ≥ 5 found 93.8 % (25 % "
-        "without), of best-image I/σ ≥ 5 96.5 % (32 %), 1.5 % of the spots spurious (2.5 %). Costs ~8× the "
+        "none. On simulated myd88 sweeps (d_max=20): reflections of summed I/σ ≥ 5 found 94.7 % (25 % "
+        "without), of best-image I/σ ≥ 5 97.3 % (32 %), 1.5 % of the spots spurious (2.5 %). Costs ~8× the "
         "CPU of the per-pixel test alone (70 against 548 images per CPU-second, 516×516 images).")
     sigma_px: float = param(2.0, "σ of the filter in x and y (pixels): about the spots' own.")
     sigma_images: float = param(1.0, "σ of the filter across images: about the rocking curve's width in images.")
@@ -211,17 +212,21 @@ def _spots_of_sweep(chunks, weak_chunks, image_size: tuple[int, int], spot_limit
                                     identifier=identifier or None, shoeboxes=shoeboxes)
 
 
-def weak_pixels_in_chunk(before: Sequence[np.ndarray], block: np.ndarray, after: Sequence[np.ndarray], halo: int,
-                         first_z: int, *args, **kwargs):
+def weak_pixels_in_chunk(before: Sequence[np.ndarray], block: np.ndarray, after: Sequence[np.ndarray],
+                         strong_chunks: Sequence[StrongPixels], halo: int, first_z: int, *args, **kwargs):
     """:func:`strong_pixels_in_chunk` with the weak-spot filter for ``block``, given the blocks
     before and after it (their ``halo`` images nearest to it feed the filter; chunks shorter
-    than the halo need several)."""
+    than the halo need several) and the per-pixel test's results for all those blocks (the
+    images it rejected are left out)."""
     empty = block[:0]
     preceding = np.concatenate([empty, *before])
     before = preceding[max(0, len(preceding) - halo):]
     after = np.concatenate([empty, *after])[:halo]
     stack = np.concatenate([before, block, after])
-    return strong_pixels_in_chunk(stack, first_z, *args, halo_before=len(before), halo_after=len(after), **kwargs)
+    rejected = np.concatenate([c.rejected_images for c in strong_chunks])
+    start = len(preceding) - len(before)
+    return strong_pixels_in_chunk(stack, first_z, *args, halo_before=len(before), halo_after=len(after),
+                                  excluded_images=rejected[start:start + len(stack)], **kwargs)
 
 
 def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int = 0, name: str | None = None):
@@ -258,7 +263,8 @@ def find_spots_graph(experiment: Experiment, params: Params, experiment_id: int 
     reach = 0 if weak is None else -(-weak.halo_images // chunk_images)  # neighbouring blocks the halo needs
     weak_chunks = [] if weak is None else [
         dask.delayed(weak_pixels_in_chunk, pure=True)(
-            blocks[max(0, k - reach): k], blocks[k], blocks[k + 1: k + 1 + reach], weak.halo_images,
+            blocks[max(0, k - reach): k], blocks[k], blocks[k + 1: k + 1 + reach],
+            chunks[max(0, k - reach): k + 1 + reach], weak.halo_images,
             first_z + int(start), mask, threshold, detector.trusted_range, detector.pedestal, detector.gain,
             max_strong_pixel_fraction=max_fraction, weak_spots=weak, **key(f"-weak-{k}"))
         for k, start in enumerate(starts)

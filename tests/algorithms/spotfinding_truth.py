@@ -51,6 +51,7 @@ class CrystalComparison:
     summed_isig: np.ndarray  # per true reflection
     peak_image_isig: np.ndarray  # per true reflection
     true_d: np.ndarray
+    true_z: np.ndarray  # recorded centroid, absolute image coordinate
     partiality: np.ndarray
     images_spanned: np.ndarray  # images holding ≥ 1 % of the reflection
     found: np.ndarray  # bool per true reflection
@@ -151,5 +152,5 @@ def compare_crystal(spec, plan, structures, d_max: float = 20.0, chunk_images: i
         spurious[k] = not overlap.any()
     return CrystalComparison(
         summed_isig(observations, background), peak_image_isig(observations, background, without_spots),
-        observations.d, observations.partiality, np.maximum(last_significant - first_significant + 1, 0), found, error,
+        observations.d, truth[:, 2], observations.partiality, np.maximum(last_significant - first_significant + 1, 0), found, error,
         z_error_spot_images, spot_images, spurious, len(spots), found_spots.rejected_images)
