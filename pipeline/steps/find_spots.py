@@ -64,8 +64,8 @@ class WeakSpots:
         "spread over many images and pixels, each too faint for the per-pixel test, and bright ones whole where "
         "that test keeps pieces of their rocking curves; the per-pixel test's spots stay where the filter has "
         "none. On simulated myd88 sweeps (d_max=20): reflections of summed I/σ ≥ 5 found 94.7 % (25 % "
-        "without), of best-image I/σ ≥ 5 97.3 % (32 %), 1.5 % of the spots spurious (2.5 %). Costs ~8× the "
-        "CPU of the per-pixel test alone (70 against 548 images per CPU-second, 516×516 images).")
+        "without), of best-image I/σ ≥ 5 97.3 % (32 %), 1.5 % of the spots spurious (2.5 %). Costs ~7× the "
+        "CPU of the per-pixel test alone (64 against 463 images per CPU-second, 516×516 images).")
     sigma_px: float = param(2.0, "σ of the filter in x and y (pixels): about the spots' own.")
     sigma_images: float = param(1.0, "σ of the filter across images: about the rocking curve's width in images.")
     background_half_width: int = param(10, "Half-width (pixels) of the window the background is averaged over.")
