@@ -123,11 +123,13 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     has them. ``weak`` must come from a filter that left out the images the per-pixel test
     rejected (``excluded_images``); a corrupted image it did not leave out (the filter finds
     several times the sweep's typical number of pixels on it) spoils the filter on every image
-    within the z filter's reach: segments peaking there are dropped, the others lose their pixels
-    there, and the per-pixel test's spots stand. Pixels in raster order, components numbered by their first
-    pixel, as labelling.py does; the strong pixels per image are both sets' kept pixels;
-    ``weak_components`` marks the filter's (exempt from the peak-centroid separation filter,
-    since a faint spot's brightest pixel is mostly noise)."""
+    within the z filter's reach: segments peaking there are dropped, the others lose their
+    pixels there, and the per-pixel test's spots stand.
+
+    Pixels in raster order, components numbered by their first pixel, as labelling.py does; the
+    strong pixels per image are both sets' kept pixels; ``weak_components`` marks the filter's
+    (exempt from the peak-centroid separation filter, since a faint spot's brightest pixel is
+    mostly noise)."""
     reach = parameters.halo_images
     segment, n_segments = segment_by_prominence(weak.z, weak.y, weak.x, weak.score, n_slow, n_fast,
                                                 parameters.min_prominence, parameters.relative_prominence)
@@ -135,8 +137,7 @@ def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fas
     suspect = (weak.strong_per_image > 3 * max(np.median(weak.strong_per_image), 1)) & ~strong.rejected_images
     suspect = (np.convolve(suspect, np.ones(2 * reach + 1), mode="same") > 0)[image]
     keep = ~suspect[_highest_pixel_per_label(segment, weak.score, n_segments)][segment] & ~suspect
-    covered = _near_pixels(image[keep], weak.y[keep], weak.x[keep], strong.z - strong.first_z, strong.y, strong.x,
-                           strong.n_images, n_slow, n_fast)
+    covered = _near_pixels(weak.z[keep], weak.y[keep], weak.x[keep], strong.z, strong.y, strong.x, n_slow, n_fast)
     replaced = np.zeros(strong.n_components, bool)
     replaced[strong.label[covered]] = True
     own = ~replaced[strong.label]
@@ -164,17 +165,27 @@ def _linear(pixels: StrongPixels, n_slow: int, n_fast: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _near_pixels(z, y, x, query_z, query_y, query_x, n_images, n_slow, n_fast):
+def _near_pixels(z, y, x, query_z, query_y, query_x, n_slow, n_fast):
     """For each query pixel: is one of the pixels (z, y, x) within 1 pixel in x and y on the
-    same image? (z counted from the scan's first image.)"""
-    occupied = np.zeros((n_images, n_slow, n_fast), np.bool_)
-    for i in range(len(z)):
-        occupied[z[i], y[i], x[i]] = True
+    same image? Both lists in raster order; one image plane at a time."""
+    occupied = np.zeros((n_slow, n_fast), np.bool_)
     near = np.zeros(len(query_z), np.bool_)
-    for i in range(len(query_z)):
-        x0, x1 = max(0, query_x[i] - 1), min(n_fast, query_x[i] + 2)
-        for yy in range(max(0, query_y[i] - 1), min(n_slow, query_y[i] + 2)):
-            near[i] |= occupied[query_z[i], yy, x0:x1].any()
+    i = j = 0
+    while j < len(query_z):
+        image = query_z[j]
+        while i < len(z) and z[i] < image:
+            i += 1
+        first = i
+        while i < len(z) and z[i] == image:
+            occupied[y[i], x[i]] = True
+            i += 1
+        while j < len(query_z) and query_z[j] == image:
+            x0, x1 = max(0, query_x[j] - 1), min(n_fast, query_x[j] + 2)
+            for yy in range(max(0, query_y[j] - 1), min(n_slow, query_y[j] + 2)):
+                near[j] |= occupied[yy, x0:x1].any()
+            j += 1
+        for k in range(first, i):
+            occupied[y[k], x[k]] = False
     return near
 
 
