@@ -26,12 +26,12 @@ Usage: ``python benchmarks/bench_spotfinding.py [--data FOLDER] [--workers 2] [-
 Writes ``benchmarks/results/bench_spotfinding.json``. Measured 2026-11-28 (2 shared cores): end to
 end 756 images/s wall, 442 images per CPU-second, peak RSS 367 MB; kernels 1.47 ms (numba) against
 17.8 ms (scipy.ndimage) per image, 12.1×; accuracy as in test_spotfinding_simulated.py.
-2026-11-29 (load 0.9–1.1), same run: end to end 858 images/s (463 per CPU-second, peak RSS 379 MB);
-with the weak-spot filter 121 images/s (64 per CPU-second: 7.3× the CPU, peak RSS 778 MB), 63 619
-spots instead of 14 583; kernels 1.56 against 17.4 ms per image, 11.1×. Recall with the filter at
-summed I/σ ≥ 5 / 10 / 20: 94.7 / 95.3 / 93.6 % (DIALS' test alone 25 / 42 / 80 %), at best-image
-I/σ ≥ 5 97.3 % (32 %); centroid RMS over the recall's reflections 0.231, 0.230 px, 0.279 images
-(0.257, 0.251, 0.358); spurious 1.5 % (2.5 %).
+2026-11-29 (load 0.7–1.0), same run: end to end 704 images/s (459 per CPU-second, peak RSS 376 MB);
+with the weak-spot filter 114 images/s (60 per CPU-second: 7.7× the CPU, peak RSS 839 MB), 65 899
+spots instead of 14 583; kernels 1.77 against 18.7 ms per image, 10.6×. Recall with the filter at
+summed I/σ ≥ 5 / 10 / 20: 95.2 / 95.8 / 94.5 % (DIALS' test alone 25 / 42 / 80 %), at best-image
+I/σ ≥ 5 97.8 % (32 %); centroid RMS over the recall's reflections 0.236, 0.233 px, 0.284 images
+(0.257, 0.251, 0.358); spurious 2.9 % (2.5 %).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from algorithms.spotfinding.spots import (
     SpotFilter,
     default_min_spot_size,
     find_spots,
+    ring_map,
     spots_from_strong_pixels,
     static_mask,
     with_weak_spots,
@@ -36,5 +37,6 @@ __all__ = [
     "static_mask",
     "strong_pixels_in_chunk",
     "WeakSpotParameters",
+    "ring_map",
     "with_weak_spots",
 ]

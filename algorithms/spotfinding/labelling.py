@@ -106,7 +106,7 @@ def _label_roots(parent, n):
 def _strong_pixels_in_chunk(
     raw_chunk, halo_before, n_images, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
     kernel_x, kernel_y, sigma_background, sigma_strong, min_local, global_threshold, extended, max_strong,
-    weak, usable_images, taps_xy, taps_z, weak_background_half_width, weak_sigma_strong, weak_work,
+    weak, usable_images, taps_xy, taps_z, ring, n_rings, weak_background_half_width, weak_sigma_strong, weak_work,
     strong, previous_strong, strong_list, index, previous_index,
     valid, sat_count, sat_sum, sat_sumsq, sat_core_count, sat_core_sum, row_hit, flags, dispersed_list, core_list,
 ):
@@ -134,8 +134,8 @@ def _strong_pixels_in_chunk(
             if weak:
                 n_strong = weak_spot_pixels_into(
                     raw_chunk, z + halo_before, usable_images, taps_xy, taps_z, static_mask, trusted_low, trusted_high,
-                    pedestal, panel_gain, gain_map, weak_background_half_width, weak_sigma_strong, strong, strong_list,
-                    weak_work,
+                    pedestal, panel_gain, gain_map, ring, n_rings, weak_background_half_width, weak_sigma_strong, strong,
+                    strong_list, weak_work,
                 )
             else:
                 n_strong = threshold_image_into(
@@ -199,11 +199,11 @@ class _ChunkWork:
         self._weak_work = None
 
     def weak_work(self, needed: bool) -> np.ndarray:
-        """The weak-spot filter's (12, slow, fast) scratch (a 1-pixel dummy when not used)."""
+        """The weak-spot filter's (13, slow, fast) scratch (a 1-pixel dummy when not used)."""
         if not needed:
-            return np.zeros((12, 1, 1))
+            return np.zeros((13, 1, 1))
         if self._weak_work is None:
-            self._weak_work = np.zeros((12, *self.shape))
+            self._weak_work = np.zeros((13, *self.shape))
         return self._weak_work
 
     def labelling_buffers(self) -> tuple:
@@ -243,6 +243,7 @@ def strong_pixels_in_chunk(
     halo_before: int = 0,
     halo_after: int = 0,
     excluded_images: np.ndarray | None = None,
+    rings: np.ndarray | None = None,
 ) -> StrongPixels:
     """Threshold a chunk of raw images (n_images, slow, fast) and label its strong pixels in 3D.
 
@@ -252,7 +253,9 @@ def strong_pixels_in_chunk(
     test; the first ``halo_before`` and last ``halo_after`` images then belong to neighbouring
     chunks and only feed the filter (``weak_spots.halo_images`` of them, fewer at the scan's
     ends), and ``excluded_images`` (True per image of ``raw_chunk``, halos included: those the
-    per-pixel test rejected) neither feed it nor get pixels. An image with more than
+    per-pixel test rejected) neither feed it nor get pixels; ``rings`` (int, (slow, fast): each
+    pixel's ring about the beam, −1 for none) lets it flatten the background's radial shape
+    (weak_spots.py). An image with more than
     ⌈max_strong_pixel_fraction × pixels⌉ strong pixels is marked rejected and contributes none.
     Runs without the GIL.
     """
@@ -269,6 +272,10 @@ def strong_pixels_in_chunk(
         if len(excluded_images) != n_all:
             raise ValueError(f"excluded_images has {len(excluded_images)} entries for a chunk of {n_all} images")
         usable_images &= ~np.asarray(excluded_images, np.bool_)
+    ring_map = np.full((1, 1), -1, np.int32) if rings is None or not weak else np.ascontiguousarray(rings, np.int32)
+    if rings is not None and weak and ring_map.shape != (n_slow, n_fast):
+        raise ValueError(f"rings is {ring_map.shape}, the images {(n_slow, n_fast)}")
+    n_rings = int(ring_map.max()) + 1 if rings is not None and weak else 0
     taps_xy = gaussian_taps(weak_spots.sigma_px) if weak else np.ones(1)
     taps_z = gaussian_taps(weak_spots.sigma_images) if weak else np.ones(1)
     work = _chunk_work(n_slow, n_fast)
@@ -281,6 +288,7 @@ def strong_pixels_in_chunk(
         float(trusted_range[1]), float(pedestal), float(panel_gain), np.ascontiguousarray(gain_map, np.float64), kx, ky,
         float(parameters.sigma_background), float(parameters.sigma_strong), parameters.min_local_count,
         float(parameters.global_threshold), parameters.extended, max_strong, weak, usable_images, taps_xy, taps_z,
+        ring_map, n_rings,
         int(weak_spots.background_half_width) if weak else 0, float(weak_spots.sigma_strong) if weak else 0.0,
         work.weak_work(weak), *work.labelling_buffers(), *work.threshold.buffers(),
     )

@@ -111,6 +111,16 @@ def static_mask(
     return mask
 
 
+def ring_map(detector: Detector, s0: np.ndarray) -> np.ndarray:
+    """Each pixel's ring about the direct beam, for the weak-spot filter to flatten the
+    background's radial shape with (int32, (n_slow, n_fast)): the pixel centre's distance from
+    the beam centre in whole pixels."""
+    n_fast, n_slow = detector.image_size
+    beam_x, beam_y = detector.beam_centre_px(np.asarray(s0, float))
+    y, x = np.ogrid[:n_slow, :n_fast]
+    return np.floor(np.hypot(x + 0.5 - beam_x, y + 0.5 - beam_y)).astype(np.int32)
+
+
 def with_weak_spots(strong: StrongPixels, weak: StrongPixels, n_slow: int, n_fast: int,
                     parameters: WeakSpotParameters) -> StrongPixels:
     """The spots of ``weak`` (the weak-spot filter's pixels, split at their statistic's
@@ -276,13 +286,15 @@ def find_spots(
     trusted_range: tuple[float, float] = (-1.0, 65535.0),
     max_strong_pixel_fraction: float = 1.0,
     weak_spots: WeakSpotParameters | None = None,
+    rings: np.ndarray | None = None,
     **table_options,
 ) -> FoundSpots:
     """Spot finding on an in-memory stack (n_images, slow, fast) in chunks of ``chunk_images``
     (None = one chunk), sequentially; the pipeline maps :func:`strong_pixels_in_chunk` over Dask
     chunks instead and calls :func:`join_chunks`, :func:`with_weak_spots` and
     :func:`spots_from_strong_pixels` the same way. With ``weak_spots`` the weak-spot filter's
-    spots (weak_spots.py) join those of ``parameters``' test (:func:`with_weak_spots`).
+    spots (weak_spots.py) join those of ``parameters``' test (:func:`with_weak_spots`); with
+    ``rings`` (:func:`ring_map`) the filter flattens the background's radial shape first.
     """
     step = chunk_images or len(images)
     n = len(images)
@@ -295,7 +307,8 @@ def find_spots(
             chunks.append(strong_pixels_in_chunk(
                 images[lo:hi], first_z + start, mask, parameters, trusted_range,
                 max_strong_pixel_fraction=max_strong_pixel_fraction, weak_spots=weak, halo_before=start - lo,
-                halo_after=hi - min(n, start + step), excluded_images=None if excluded is None else excluded[lo:hi]))
+                halo_after=hi - min(n, start + step), excluded_images=None if excluded is None else excluded[lo:hi],
+                rings=rings))
         return join_chunks(chunks, images.shape[2])
 
     found = pixels(None)

@@ -38,7 +38,7 @@ from scipy.spatial import cKDTree
 
 from algorithms.simulate import simulate_crystal
 from algorithms.simulate.render import background_image
-from algorithms.spotfinding import find_spots, static_mask
+from algorithms.spotfinding import find_spots, ring_map, static_mask
 
 MATCH_XY_PX = 2.0
 MATCH_Z_IMAGES = 1.5
@@ -109,7 +109,8 @@ def compare_crystal(spec, plan, structures, d_max: float = 20.0, chunk_images: i
     observations = simulated.observations
     mask = static_mask(plan.detector, plan.beam.s0, d_max=d_max)
     found_spots = find_spots(simulated.images.astype(np.float32), plan.scan.array_range[0], mask,
-                             chunk_images=chunk_images, max_strong_pixel_fraction=0.25, weak_spots=weak_spots)
+                             chunk_images=chunk_images, max_strong_pixel_fraction=0.25, weak_spots=weak_spots,
+                             rings=ring_map(plan.detector, plan.beam.s0))
     spots = found_spots.reflections["xyzobs.px.value"]
     bbox = found_spots.reflections["bbox"]
     truth = recorded_centroids(observations)
