@@ -318,11 +318,10 @@ def weak_spot_pixels_into(stack, z, usable_images, taps_xy, taps_z, static_mask,
             mean = window_sum[y, x] / max(n_window, 1.0)
             own = frame_sum[y, x] - frame_count[y, x] * mean
             raw = image[y, x]
-            ok = (frame_count[y, x] > 0.0) & (n_window >= 1.0) & (own >= 0.0) & (trusted_low < raw) & (raw < trusted_high)
+            usable = (frame_count[y, x] > 0.0) & (n_window >= 1.0) & (trusted_low < raw) & (raw < trusted_high)
             expected = mean * z_sum * weight[y, x]
             value = (filtered[y, x] - expected) / math.sqrt(gain_map[y, x] * max(mean * z_sum2 * weight2[y, x], 1e-6))
-            statistic[y, x] = value if ok else -np.inf
-            usable = (frame_count[y, x] > 0.0) & (n_window >= 1.0) & (trusted_low < raw) & (raw < trusted_high)
+            statistic[y, x] = value if usable & (own >= 0.0) else -np.inf
             every[y, x] = value if usable else np.nan
     if n_rings > 0:
         ring_mean = _ring_mean_statistic(every, ring, n_rings)
