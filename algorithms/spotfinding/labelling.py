@@ -18,8 +18,11 @@ Appl. 12, 117); DIALS labels strong pixels the same way (6-connectivity, algorit
 """
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -100,8 +103,35 @@ def _label_roots(parent, n):
     return label, n_components
 
 
-# numba's on-disk cache of this kernel is not invalidated when threshold.py or weak_spots.py change: after
-# editing them, delete algorithms/spotfinding/__pycache__/*.nb[ic] before testing.
+def forget_stale_kernels(module: Path, dependencies: Sequence[Path]) -> bool:
+    """Delete numba's on-disk cache of ``module``'s kernels if ``dependencies`` (the modules whose
+    kernels they call) changed since it was written; returns whether it did.
+
+    numba keys a cache on its own source file only: a kernel compiled with a callee from another
+    module keeps running the old callee after that module changes (an upgrade in place, an
+    edit). A digest of the dependencies' sources beside the cache tells. Caches elsewhere
+    (``NUMBA_CACHE_DIR``, read-only installs) are left alone."""
+    cache = module.parent / "__pycache__"
+    stamp = cache / f"{module.stem}.dependencies.sha256"
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in dependencies)).hexdigest()
+    try:
+        if stamp.read_text() == digest:
+            return False
+    except OSError:
+        pass
+    try:
+        for stale in [*cache.glob(f"{module.stem}.*.nbi"), *cache.glob(f"{module.stem}.*.nbc")]:
+            stale.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        return False
+    return True
+
+
+forget_stale_kernels(Path(__file__), [Path(__file__).with_name("threshold.py"), Path(__file__).with_name("weak_spots.py")])
+
+
 @numba.njit(cache=True, nogil=True)
 def _strong_pixels_in_chunk(
     raw_chunk, halo_before, n_images, static_mask, trusted_low, trusted_high, pedestal, panel_gain, gain_map,
