@@ -62,8 +62,10 @@ class WeakSpotParameters:
             raise ValueError(f"background_half_width {self.background_half_width} must be at least 2·sigma_px")
         if self.sigma_strong <= 0:
             raise ValueError("sigma_strong must be > 0")
-        if self.min_prominence < 0 or not 0 <= self.relative_prominence < 1:
-            raise ValueError("min_prominence must be ≥ 0 and relative_prominence in [0, 1)")
+        if self.min_prominence < 0:
+            raise ValueError(f"min_prominence={self.min_prominence}: give a value ≥ 0 (σ of the statistic)")
+        if not 0 <= self.relative_prominence < 1:
+            raise ValueError(f"relative_prominence={self.relative_prominence}: give a fraction in [0, 1)")
 
     @property
     def halo_images(self) -> int:
@@ -311,7 +313,7 @@ def weak_spot_pixels_into(stack, z, usable_images, taps_xy, taps_z, static_mask,
                     masked_sum[y, x] = 0.0 if core else frame_sum[y, x]
                     masked_count[y, x] = 0.0 if core else frame_count[y, x]
     image = stack[z]
-    every = work[12]  # the statistic of every usable pixel, for the rings' means
+    every = work[12]  # the statistic of every usable pixel, for the rings' means (with rings only)
     for y in range(ny):
         for x in range(nx):
             n_window = window_count[y, x]
@@ -322,7 +324,8 @@ def weak_spot_pixels_into(stack, z, usable_images, taps_xy, taps_z, static_mask,
             expected = mean * z_sum * weight[y, x]
             value = (filtered[y, x] - expected) / math.sqrt(gain_map[y, x] * max(mean * z_sum2 * weight2[y, x], 1e-6))
             statistic[y, x] = value if usable & (own >= 0.0) else -np.inf
-            every[y, x] = value if usable else np.nan
+            if n_rings > 0:
+                every[y, x] = value if usable else np.nan
     if n_rings > 0:
         ring_mean = _ring_mean_statistic(every, ring, n_rings)
         for y in range(ny):
